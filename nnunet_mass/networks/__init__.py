@@ -1,0 +1,1 @@
+"""Networks: the plans-built nnU-Net network and the modules MASS adds around it."""

@@ -1,0 +1,1 @@
+"""Training pieces shared by the MASS trainers: schedules, settings, weight transfer."""
