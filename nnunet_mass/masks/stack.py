@@ -1,0 +1,55 @@
+"""MaskStack: many possibly overlapping binary masks of one case, stored as label layers.
+
+Each layer is a uint16 label map on the case's preprocessed grid (z, y, x): value 0 is no
+mask, every other value one mask, so the masks within a layer never overlap while masks
+in different layers may. A partition of the image (supervoxels at one scale, the
+components of one intensity cluster, an imported label map) fills one layer, which keeps
+hundreds of masks in a few layers; a loader crops the layers first and expands only the
+masks it draws.
+"""
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MaskInfo:
+    layer: int   # index into MaskStack.layers
+    label: int   # value of the mask in that layer (>= 1)
+    voxels: int  # size on the preprocessed grid
+    source: str  # what made it, e.g. "supervoxels_20mm", "intensity_k4", "labels:TotalSegmentator"
+
+
+@dataclass
+class MaskStack:
+    layers: np.ndarray                       # uint16 (L, z, y, x)
+    masks: list[MaskInfo] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.layers.ndim != 4 or self.layers.dtype != np.uint16:
+            raise ValueError(f"layers must be uint16 (L, z, y, x), got {self.layers.dtype} {self.layers.shape}")
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def mask(self, index: int) -> np.ndarray:
+        """Mask `index` as a bool array (z, y, x)."""
+        info = self.masks[index]
+        return self.layers[info.layer] == info.label
+
+    def index_dict(self) -> dict:
+        """JSON-serialisable description of the masks (everything but the voxels)."""
+        return {"shape": list(self.layers.shape), "masks": [asdict(m) for m in self.masks]}
+
+    @classmethod
+    def from_layers(cls, layers: list[np.ndarray], sources: list[str]) -> "MaskStack":
+        """Stack label maps (one source name each); every non-zero value becomes one mask."""
+        if len(layers) != len(sources):
+            raise ValueError(f"{len(layers)} layers but {len(sources)} source names")
+        stacked = np.stack([np.asarray(layer, dtype=np.uint16) for layer in layers])
+        masks = []
+        for index, (layer, source) in enumerate(zip(stacked, sources)):
+            counts = np.bincount(layer.ravel())
+            masks += [MaskInfo(index, int(label), int(counts[label]), source)
+                      for label in np.flatnonzero(counts[1:]) + 1]
+        return cls(stacked, masks)
