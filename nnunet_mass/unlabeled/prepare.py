@@ -5,12 +5,10 @@ satisfies it and gives sensible CT intensity statistics. The dataset is built in
 sibling folder and renamed into place at the end, so an interrupted run leaves nothing
 that nnU-Net would pick up.
 """
-import multiprocessing
 import os
 import re
 import shutil
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnunet_mass.parallel import case_mapper
 from nnunet_mass.unlabeled.body_mask import compute_body_mask
 from nnunet_mass.unlabeled.inputs import CaseFiles, InvalidCase, discover_cases, read_case
 
@@ -130,7 +129,7 @@ def _convert_cases(cases: list[CaseFiles], channel_names: list[str], staging: Pa
     (staging / "labelsTr").mkdir()
     tasks = [(case, channel_names, staging, min_body_ml) for case in cases]
     accepted = []
-    with _case_mapper(num_processes, len(tasks)) as mapper:
+    with case_mapper(num_processes, len(tasks)) as mapper:
         for case_id, reason in tqdm(mapper(convert_case, tasks), total=len(tasks), desc="cases"):
             if reason is None:
                 accepted.append(case_id)
@@ -139,23 +138,6 @@ def _convert_cases(cases: list[CaseFiles], channel_names: list[str], staging: Pa
                 tqdm.write(f"skipping {case_id}: {reason}")
     return accepted
 
-
-@contextmanager
-def _case_mapper(num_processes: int, num_tasks: int):
-    """An unordered map over cases: a process pool, or the builtin map in-process for 1 process."""
-    num_processes = max(1, min(int(num_processes), num_tasks))
-    if num_processes == 1:
-        yield map
-        return
-    threads = max(1, (os.cpu_count() or 1) // num_processes)  # SimpleITK threads per worker, no oversubscription
-    # spawn, not fork: forking a process whose SimpleITK thread pool is running can deadlock.
-    pool = multiprocessing.get_context("spawn").Pool(
-        num_processes, initializer=sitk.ProcessObject.SetGlobalDefaultNumberOfThreads, initargs=(threads,))
-    try:
-        yield pool.imap_unordered
-    finally:
-        pool.terminate()  # also on errors and Ctrl-C: no worker outlives the run
-        pool.join()
 
 
 def convert_case(task) -> tuple[str, str | None]:
