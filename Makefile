@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml scripts/setup_venv.sh
 	PYTHON=$(PYTHON) bash scripts/setup_venv.sh $(VENV)
 	touch $(STAMP)
 
-# The whole suite, slow end-to-end runs included.
+# Lint, then the whole suite, slow end-to-end runs included.
 test: $(STAMP)
+	$(VENV)/bin/ruff check nnunet_mass trainers tests benchmarks
 	$(PY) -m pytest -q tests
 
 # Unit tests only (no stock nnU-Net subprocess runs).
