@@ -22,7 +22,7 @@ class DemoSettings:
     dataset_id: int = 102
     train_cases: int = 8
     test_cases: int = 4
-    epochs: int = 20
+    epochs: int = 40
     iterations_per_epoch: int = 25
     fold: str = "0"
     preset: str = "cpu_tiny"
