@@ -32,6 +32,12 @@ def main(argv=None) -> None:
                              "readable ending); one mask per non-zero label value")
     parser.add_argument("--labels-only", dest="labels_only", action="store_true",
                         help="with --from-labels: store only the imported masks, no generated ones")
+    parser.add_argument("--backend", choices=("classical", "sam2"), default="classical",
+                        help="mask generator: classical (CPU, no weights) or sam2 (needs the sam2 package, a SAM2 "
+                             "checkpoint and, for useful speed, a CUDA GPU; use -np 1) [classical]")
+    from nnunet_mass.masks import sam2_backend
+
+    sam2_backend.add_sam2_arguments(parser)
     classical = _classical()
     if classical is not None and hasattr(classical, "add_settings_arguments"):
         classical.add_settings_arguments(parser)
@@ -39,17 +45,33 @@ def main(argv=None) -> None:
     if args.labels_only and args.from_labels is None:
         parser.error("--labels-only needs --from-labels DIR")
 
-    settings = None
-    if classical is not None and hasattr(classical, "settings_from_args") and not args.labels_only:
+    generator, settings = None, None
+    if args.backend == "sam2":
+        generator, settings = _sam2_generator(parser, args, sam2_backend)
+    elif classical is not None and hasattr(classical, "settings_from_args") and not args.labels_only:
         settings = classical.settings_from_args(args)
 
     from nnunet_mass.masks.dataset_masks import MaskGenerationError, generate_dataset_masks
 
     try:
         report = generate_dataset_masks(args.dataset, args.configuration, args.plans, args.num_processes,
-                                        overwrite=args.overwrite, settings=settings, from_labels=args.from_labels,
-                                        mix_generated=not args.labels_only)
+                                        overwrite=args.overwrite, generator=generator, settings=settings,
+                                        from_labels=args.from_labels, mix_generated=not args.labels_only)
     except MaskGenerationError as error:
         sys.exit(f"nnUNetv2_mass_generate_masks: error: {error}")
     if not report.ok:
         sys.exit(f"nnUNetv2_mass_generate_masks: {len(report.failed)} case(s) failed (see above)")
+
+
+def _sam2_generator(parser, args, sam2_backend):
+    """(propose_masks_sam2, Sam2Settings); argparse errors for what is missing, before any work."""
+    if args.labels_only:
+        parser.error("--labels-only stores no generated masks: drop --backend sam2")
+    if not args.sam2_checkpoint:
+        parser.error("--backend sam2 needs --sam2-checkpoint PT: " + sam2_backend.CHECKPOINT_HINT)
+    settings = sam2_backend.sam2_settings_from_args(args)
+    try:
+        sam2_backend.check_sam2_ready(settings)
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        parser.error(str(error))
+    return sam2_backend.propose_masks_sam2, settings
