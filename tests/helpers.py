@@ -25,3 +25,44 @@ def tiny_plans_network(num_input_channels: int = 1, num_classes: int = 3, featur
     return PlainConvUNet(num_input_channels, n, list(features), torch.nn.Conv3d, 3, [1] + [2] * (n - 1), 1,
                          num_classes, 1, conv_bias=True, norm_op=torch.nn.InstanceNorm3d,
                          norm_op_kwargs={"affine": True}, nonlin=torch.nn.LeakyReLU)
+
+
+def preprocessed_phantoms(root, dataset_id: int, name: str, num_cases: int, seed: int, shape, then=None) -> dict:
+    """nnU-Net folders under `root` with a labelled phantom dataset planned and preprocessed by
+    nnU-Net's Python API (3d_fullres, nnUNetPlans); `then()` runs with those folders set."""
+    import os
+
+    import pytest
+
+    from nnunet_mass.phantoms import write_phantom_dataset
+    from nnunet_mass.stock import nnunet_folders
+
+    folders = nnunet_folders(root)
+    with pytest.MonkeyPatch.context() as patch:
+        for variable, value in folders.items():
+            patch.setenv(variable, value)
+        if os.environ.get("nnUNet_n_proc_DA") == "0":  # the planner must not see 0 (its thread count)
+            patch.delenv("nnUNet_n_proc_DA")
+        from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
+                                                                          preprocess)
+
+        write_phantom_dataset(folders["nnUNet_raw"], dataset_id, name, num_cases=num_cases, seed=seed, shape=shape)
+        extract_fingerprints([dataset_id], num_processes=1)
+        plan_experiments([dataset_id])
+        preprocess([dataset_id], configurations=("3d_fullres",), num_processes=(1,))
+        if then is not None:
+            then()
+    return folders
+
+
+def copy_dataset(pristine: dict, nnunet_env: dict, dataset: str) -> dict:
+    """A private copy of a pristine dataset (raw and preprocessed, masks included) in a test's folders."""
+    import shutil
+    from pathlib import Path
+
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed"):
+        shutil.copytree(Path(pristine[variable]) / dataset, Path(nnunet_env[variable]) / dataset)
+    preprocessed = Path(nnunet_env["nnUNet_preprocessed"]) / dataset
+    return {"raw": Path(nnunet_env["nnUNet_raw"]) / dataset, "preprocessed": preprocessed,
+            "data": preprocessed / "nnUNetPlans_3d_fullres",
+            "masks": preprocessed / "nnUNetPlans_3d_fullres_mass_masks"}

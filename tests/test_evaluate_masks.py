@@ -1,12 +1,10 @@
 """nnUNetv2_mass_evaluate_masks: ABO and recall of stored proposals against nnU-Net's preprocessed labels."""
 import json
-import os
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import copy_dataset, preprocessed_phantoms
 from nnunet_mass.masks.evaluate import (case_overlaps, evaluate_dataset_masks, format_tables, ground_truth,
                                         label_names, summarize)
 from nnunet_mass.masks.inspect import MaskQAError
@@ -22,34 +20,13 @@ NAMES = ["liver", "kidney", "spleen", "vessel", "vertebrae", "lesion"]
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     """A 2-case labelled phantom dataset preprocessed by nnU-Net (Python API, this process), no masks yet."""
-    from nnunet_mass.phantoms import write_phantom_dataset
-    from nnunet_mass.stock import nnunet_folders
-
-    folders = nnunet_folders(tmp_path_factory.mktemp("pristine"))
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in folders.items():
-            patch.setenv(name, value)
-        if os.environ.get("nnUNet_n_proc_DA") == "0":  # the planner must not see 0 (its thread count)
-            patch.delenv("nnUNet_n_proc_DA")
-        from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
-                                                                          preprocess)
-
-        write_phantom_dataset(folders["nnUNet_raw"], DATASET_ID, DATASET.split("_", 1)[1], num_cases=2, seed=7,
-                              shape=(24, 32, 32))
-        extract_fingerprints([DATASET_ID], num_processes=1)
-        plan_experiments([DATASET_ID])
-        preprocess([DATASET_ID], configurations=("3d_fullres",), num_processes=(1,))
-    return folders
+    return preprocessed_phantoms(tmp_path_factory.mktemp("pristine"), DATASET_ID, DATASET.split("_", 1)[1],
+                                 num_cases=2, seed=7, shape=(24, 32, 32))
 
 
 @pytest.fixture
 def dataset(pristine, nnunet_env):
-    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
-        shutil.copytree(Path(pristine[name]) / DATASET, Path(nnunet_env[name]) / DATASET)
-    preprocessed = Path(nnunet_env["nnUNet_preprocessed"]) / DATASET
-    return {"raw": Path(nnunet_env["nnUNet_raw"]) / DATASET, "preprocessed": preprocessed,
-            "data": preprocessed / "nnUNetPlans_3d_fullres",
-            "masks": preprocessed / "nnUNetPlans_3d_fullres_mass_masks"}
+    return copy_dataset(pristine, nnunet_env, DATASET)
 
 
 def read_seg(dataset, case):

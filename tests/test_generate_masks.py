@@ -1,6 +1,5 @@
 """nnUNetv2_mass_generate_masks on a real (tiny) nnU-Net-preprocessed phantom dataset."""
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -8,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from helpers import copy_dataset, preprocessed_phantoms
 from nnunet_mass.masks.dataset_masks import (CaseInputError, CaseJob, MaskGenerationError, check_image_for_proposals,
                                              generate_case_masks, generate_dataset_masks)
 from nnunet_mass.masks.stack import MaskStack
@@ -33,35 +33,14 @@ def fake_generator(image, spacing_zyx, settings=None):
 def pristine(tmp_path_factory):
     """Raw + preprocessed phantom dataset, made once through nnU-Net's own fingerprint,
     planner and preprocessor (Python API, in this process)."""
-    from nnunet_mass.phantoms import write_phantom_dataset
-    from nnunet_mass.stock import nnunet_folders
-
-    root = tmp_path_factory.mktemp("pristine")
-    folders = nnunet_folders(root)
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in folders.items():
-            patch.setenv(name, value)
-        if os.environ.get("nnUNet_n_proc_DA") == "0":  # the planner must not see 0 (its thread count)
-            patch.delenv("nnUNet_n_proc_DA")
-        from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
-                                                                          preprocess)
-
-        write_phantom_dataset(folders["nnUNet_raw"], DATASET_ID, DATASET.split("_", 1)[1], num_cases=3, seed=3,
-                              shape=(32, 40, 40))
-        extract_fingerprints([DATASET_ID], num_processes=1)
-        plan_experiments([DATASET_ID])
-        preprocess([DATASET_ID], configurations=("3d_fullres",), num_processes=(1,))
-    return folders
+    return preprocessed_phantoms(tmp_path_factory.mktemp("pristine"), DATASET_ID, DATASET.split("_", 1)[1],
+                                 num_cases=3, seed=3, shape=(32, 40, 40))
 
 
 @pytest.fixture
 def dataset(pristine, nnunet_env):
     """A private copy of the pristine dataset in this test's nnU-Net folders."""
-    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
-        shutil.copytree(Path(pristine[name]) / DATASET, Path(nnunet_env[name]) / DATASET)
-    preprocessed = Path(nnunet_env["nnUNet_preprocessed"]) / DATASET
-    return {"raw": Path(nnunet_env["nnUNet_raw"]) / DATASET, "preprocessed": preprocessed,
-            "data": preprocessed / DATA_IDENTIFIER, "masks": preprocessed / f"{DATA_IDENTIFIER}_mass_masks"}
+    return copy_dataset(pristine, nnunet_env, DATASET)
 
 
 def read_data(dataset, case):

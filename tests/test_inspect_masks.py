@@ -1,12 +1,11 @@
 """nnUNetv2_mass_inspect_masks: statistics, coverage and PNG overlays of stored mask proposals."""
 import json
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import copy_dataset, preprocessed_phantoms
 from nnunet_mass.masks.inspect import (MaskQAError, case_statistics, inspect_dataset_masks, render_overlays,
                                        slice_positions, summarize_cases, view_geometry)
 from nnunet_mass.masks.stack import MaskInfo, MaskStack
@@ -30,33 +29,18 @@ def split_generator(image, spacing_zyx, settings=None):
 def pristine(tmp_path_factory):
     """A 2-case phantom dataset preprocessed by nnU-Net (Python API, this process), with masks."""
     from nnunet_mass.masks.dataset_masks import generate_dataset_masks
-    from nnunet_mass.phantoms import write_phantom_dataset
-    from nnunet_mass.stock import nnunet_folders
 
-    folders = nnunet_folders(tmp_path_factory.mktemp("pristine"))
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in folders.items():
-            patch.setenv(name, value)
-        if os.environ.get("nnUNet_n_proc_DA") == "0":  # the planner must not see 0 (its thread count)
-            patch.delenv("nnUNet_n_proc_DA")
-        from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
-                                                                          preprocess)
-
-        write_phantom_dataset(folders["nnUNet_raw"], DATASET_ID, DATASET.split("_", 1)[1], num_cases=2, seed=5,
-                              shape=(24, 32, 32))
-        extract_fingerprints([DATASET_ID], num_processes=1)
-        plan_experiments([DATASET_ID])
-        preprocess([DATASET_ID], configurations=("3d_fullres",), num_processes=(1,))
+    def make_masks():
         assert generate_dataset_masks(DATASET_ID, generator=split_generator).ok
-    return folders
+
+    return preprocessed_phantoms(tmp_path_factory.mktemp("pristine"), DATASET_ID, DATASET.split("_", 1)[1],
+                                 num_cases=2, seed=5, shape=(24, 32, 32), then=make_masks)
 
 
 @pytest.fixture
 def dataset(pristine, nnunet_env):
     """A private copy of the pristine dataset (masks included) in this test's nnU-Net folders."""
-    shutil.copytree(Path(pristine["nnUNet_preprocessed"]) / DATASET, Path(nnunet_env["nnUNet_preprocessed"]) / DATASET)
-    preprocessed = Path(nnunet_env["nnUNet_preprocessed"]) / DATASET
-    return {"preprocessed": preprocessed, "masks": preprocessed / "nnUNetPlans_3d_fullres_mass_masks"}
+    return copy_dataset(pristine, nnunet_env, DATASET)
 
 
 def hand_built_stack() -> MaskStack:
