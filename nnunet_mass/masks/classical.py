@@ -44,7 +44,7 @@ import numpy as np
 from nnunet_mass.masks.merging import CRITERIA, merge_hierarchies
 from nnunet_mass.masks.pruning import ProposalBuilder
 from nnunet_mass.masks.regions import components, filled_regions, kmeans_clusters
-from nnunet_mass.masks.stack import MaskStack
+from nnunet_mass.masks.stack import MaskStack, pack_first_fit
 from nnunet_mass.masks.supervoxels import body_mask, gradient_magnitude, smooth_features, supervoxels
 
 GENERATOR_NAME = "classical-v1"
@@ -200,19 +200,8 @@ class FilledRegions:
                 self.crops.append((box, crop))
 
     def layers(self, shape) -> list:
-        """int32 label layers holding the filled regions, each in the first layer it does not overlap."""
-        layers, counts = [], []
-        for box, crop in sorted(self.crops, key=lambda item: -int(item[1].sum())):
-            for index, layer in enumerate(layers):
-                if not (layer[box][crop] > 0).any():
-                    break
-            else:
-                layers.append(np.zeros(shape, dtype=np.int32))
-                counts.append(0)
-                index = len(layers) - 1
-            counts[index] += 1
-            layers[index][box][crop] = counts[index]
-        return layers
+        """uint16 label layers holding the filled regions (largest first), each in the first layer it does not overlap."""
+        return pack_first_fit(sorted(self.crops, key=lambda item: -int(item[1].sum())), shape)[0]
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from nnunet_mass.masks.quality import iou_matrix
 from nnunet_mass.masks.regions import components
-from nnunet_mass.masks.stack import MaskInfo, MaskStack
+from nnunet_mass.masks.stack import MaskInfo, MaskStack, pack_first_fit
 
 
 def largest_pieces(layer: np.ndarray, body: np.ndarray, min_voxels: int, max_voxels: int) -> np.ndarray:
@@ -93,19 +93,7 @@ def mask_voxels(values: np.ndarray) -> list:
 def pack_vectors(masks: list, size: int) -> tuple:
     """(uint16 (L, size) label vectors, [(layer, label)] per mask): every mask (voxel indices,
     largest first) goes into the first layer where none of its voxels is taken."""
-    layers, counts, placement = [], [], []
-    for voxels in masks:
-        for index, layer in enumerate(layers):
-            if not layer[voxels].any():
-                break
-        else:
-            layers.append(np.zeros(size, dtype=np.uint16))
-            counts.append(0)
-            index = len(layers) - 1
-        counts[index] += 1
-        layers[index][voxels] = counts[index]
-        placement.append((index, counts[index]))
-    return layers, placement
+    return pack_first_fit([((slice(None),), voxels) for voxels in masks], (size,))
 
 
 class ProposalBuilder:

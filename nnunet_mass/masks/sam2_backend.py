@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from nnunet_mass.masks.stack import MaskStack
+from nnunet_mass.masks.stack import MaskStack, pack_first_fit
 
 GENERATOR_NAME = "sam2-v1"
 SOURCE = "sam2"
@@ -45,7 +45,6 @@ CHECKPOINT_HINT = ("download a SAM2 checkpoint yourself from the official SAM2 r
                    "Checkpoints\" section of https://github.com/facebookresearch/sam2, e.g. sam2.1_hiera_large.pt) "
                    "and pass its path with --sam2-checkpoint")
 _CONFIG_SIZES = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
-_MAX_LABEL = np.iinfo(np.uint16).max
 
 
 @dataclass
@@ -248,18 +247,7 @@ def suppress_near_duplicates(crops: list[Crop], nms_iou: float) -> list[Crop]:
 def pack_layers(crops: list[Crop], shape) -> list[np.ndarray]:
     """uint16 (z, y, x) label layers holding every crop exactly, each in the first layer
     where it overlaps no mask (largest crops first); labels count 1.. per layer."""
-    layers, counts = [], []
-    for crop in sorted(crops, key=lambda c: -c.size):
-        for index, layer in enumerate(layers):
-            if counts[index] < _MAX_LABEL and not layer[crop.box][crop.voxels].any():
-                break
-        else:
-            layers.append(np.zeros(shape, dtype=np.uint16))
-            counts.append(0)
-            index = len(layers) - 1
-        counts[index] += 1
-        layers[index][crop.box][crop.voxels] = counts[index]  # layer[box] is a view
-    return layers
+    return pack_first_fit([(c.box, c.voxels) for c in sorted(crops, key=lambda c: -c.size)], shape)[0]
 
 
 def stack_from_crops(crops: list[Crop], shape, source: str = SOURCE) -> MaskStack:

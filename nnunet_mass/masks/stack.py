@@ -53,3 +53,28 @@ class MaskStack:
             masks += [MaskInfo(index, int(label), int(counts[label]), source)
                       for label in np.flatnonzero(counts[1:]) + 1]
         return cls(stacked, masks)
+
+
+MAX_LABEL = int(np.iinfo(np.uint16).max)
+
+
+def pack_first_fit(regions, shape) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+    """Pack possibly overlapping regions, in the given order, into as few label layers as
+    first fit allows: each goes into the first uint16 layer of `shape` where it overlaps no
+    region and labels are left. Returns the layers and each region's (layer, label).
+
+    A region is (box, voxels) with `layer[box][voxels]` selecting it: `box` a tuple of
+    slices (a view), `voxels` a bool crop of that box or an index array into it.
+    """
+    layers, counts, placement = [], [], []
+    for box, voxels in regions:
+        index = next((i for i, layer in enumerate(layers)
+                      if counts[i] < MAX_LABEL and not layer[box][voxels].any()), None)
+        if index is None:
+            layers.append(np.zeros(shape, dtype=np.uint16))
+            counts.append(0)
+            index = len(layers) - 1
+        counts[index] += 1
+        layers[index][box][voxels] = counts[index]  # layer[box] is a view
+        placement.append((index, counts[index]))
+    return layers, placement
