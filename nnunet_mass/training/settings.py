@@ -11,11 +11,14 @@ ENV_PREFIX = "nnUNet_MASS_"
 
 
 def _parse(name: str, raw: str, kind: type):
+    """A positive int or float, or for `tuple` a list of positive ints such as `96,96,96`."""
+    parse = (lambda text: tuple(int(part) for part in text.replace("x", ",").split(","))) if kind is tuple else kind
     try:
-        value = kind(raw)
+        value = parse(raw)
     except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{name}={raw!r} is not a valid {kind.__name__}") from None
-    if value <= 0:
+        what = "list of integers like 96,96,96" if kind is tuple else kind.__name__
+        raise ValueError(f"{ENV_PREFIX}{name}={raw!r} is not a valid {what}") from None
+    if min(value if kind is tuple else (value,)) <= 0:
         raise ValueError(f"{ENV_PREFIX}{name}={raw!r} must be positive")
     return value
 

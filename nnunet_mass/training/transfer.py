@@ -30,7 +30,12 @@ def read_network_weights(path: str) -> Dict[str, torch.Tensor]:
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise IncompatibleWeightsError(
             f"{path} is not an nnU-Net checkpoint: it has no 'network_weights' entry")
-    return {_strip_wrapper_prefixes(k): v for k, v in checkpoint["network_weights"].items()}
+    return plain_state(checkpoint["network_weights"])
+
+
+def plain_state(state: dict) -> dict:
+    """A state dict saved through DDP (`module.`) or torch.compile (`_orig_mod.`) wrappers, with plain keys."""
+    return {_strip_wrapper_prefixes(key): value for key, value in state.items()}
 
 
 def _strip_wrapper_prefixes(key: str) -> str:
