@@ -277,3 +277,15 @@ def test_command_line_with_the_classical_generator_and_its_flags(dataset):
     main(["-d", str(DATASET_ID), "--max_proposals", "15"])
     stored = open_mask_stack(dataset["masks"], "phantom_000", data_shape=read_data(dataset, "phantom_000").shape)
     assert 0 < len(stored) <= 15 and stored.metadata["generator"]["settings"]["max_proposals"] == 15
+
+
+def test_mixed_with_generated_masks_a_case_without_label_map_imports_nothing(dataset, tmp_path):
+    """A pool of labeled and unlabeled sources: only labeled cases have a map in masksTr."""
+    labels = tmp_path / "masksTr"
+    shutil.copytree(dataset["raw"] / "labelsTr", labels)
+    (labels / "phantom_001.nii.gz").unlink()
+    report = generate_dataset_masks(DATASET_ID, from_labels=str(labels), generator=fake_generator)
+    assert report.done == CASES and not report.failed
+    sources = {case: {m.source for m in open_mask_stack(dataset["masks"], case).masks} for case in CASES}
+    assert "labels:masksTr" in sources["phantom_000"] and "labels:masksTr" not in sources["phantom_001"]
+    assert "fake_terciles" in sources["phantom_001"]

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nnunet_mass.parallel import case_mapper
-from nnunet_mass.masks.from_labels import LabelMapError, import_label_masks
+from nnunet_mass.masks.from_labels import LabelMapError, has_label_file, import_label_masks
 from nnunet_mass.masks.stack import MaskStack
 from nnunet_mass.masks.store import MaskFormatError, is_finished, mask_folder, save_mask_stack
 
@@ -246,7 +246,8 @@ def build_case_stack(case: str, job: CaseJob) -> tuple[MaskStack, tuple, tuple]:
         raise CaseInputError(f"the preprocessed image has {bad} NaN/infinite voxel(s) ({job.data_folder}/{case}"
                              f".b2nd); check the raw image and run nnUNetv2_preprocess again")
     stacks = []
-    if job.labels_folder is not None:
+    # Mixed with generated masks, a case without a label map (an unlabeled source of a pool) just imports nothing.
+    if job.labels_folder is not None and (job.generator is None or has_label_file(job.labels_folder, case)):
         stacks.append(import_label_masks(case, job.labels_folder, properties, image.shape, plans_manager,
                                          configuration_manager, job.label_ending))
     if job.generator is not None:

@@ -36,18 +36,26 @@ def readable_endings() -> list[str]:
     return sorted(endings, key=len, reverse=True)
 
 
+def _label_candidates(labels_folder: Path, case: str) -> list[Path]:
+    endings = readable_endings()
+    return sorted(p for p in labels_folder.iterdir()
+                  if p.is_file() and p.name.startswith(case + ".") and p.name[len(case):].lower() in endings)
+
+
+def has_label_file(labels_folder, case: str) -> bool:
+    return bool(_label_candidates(Path(labels_folder), case))
+
+
 def find_label_file(labels_folder, case: str, preferred_ending: str | None = None) -> Path:
     """The label map of `case` in `labels_folder`: `<case><ending>` with a readable ending."""
     labels_folder = Path(labels_folder)
-    endings = readable_endings()
-    candidates = sorted(p for p in labels_folder.iterdir()
-                        if p.is_file() and p.name.startswith(case + ".") and p.name[len(case):].lower() in endings)
+    candidates = _label_candidates(labels_folder, case)
     if preferred_ending is not None:
         preferred = [p for p in candidates if p.name == case + preferred_ending]
         candidates = preferred or candidates
     if not candidates:
         raise LabelMapError(f"no label map {case}{preferred_ending or '.<ending>'} in {labels_folder} "
-                            f"(readable endings: {', '.join(sorted(endings))})")
+                            f"(readable endings: {', '.join(sorted(readable_endings()))})")
     if len(candidates) > 1:
         raise LabelMapError(f"several label maps for case {case} in {labels_folder}: "
                             f"{', '.join(p.name for p in candidates)}; keep one")
