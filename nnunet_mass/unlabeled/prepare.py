@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,37 +54,29 @@ def prepare_unlabeled_dataset(input_folder, dataset_id: int, name: str, channel_
     smaller than `min_body_ml` (millilitres) counts as invalid. Raises PreparationError if
     the id is taken (unless `overwrite`) or no case is valid.
     """
-    _check_arguments(dataset_id, name, channel_names)
+    check_arguments(dataset_id, name, channel_names)
     raw_root = resolve_raw_root(raw_root)
     folder_name = f"Dataset{dataset_id:03d}_{name}"
-    existing = existing_dataset_folders(raw_root, dataset_id)
-    if existing and not overwrite:
-        raise PreparationError(f"dataset id {dataset_id} already exists: {existing[0]}. "
-                               f"Pass --overwrite (overwrite=True) to replace it, or choose another id.")
-    _check_other_nnunet_folders(dataset_id, folder_name)
+    existing = claim_dataset_id(raw_root, dataset_id, folder_name, overwrite)
     if not Path(input_folder).is_dir():
         raise PreparationError(f"input folder {input_folder} does not exist")
 
     cases, skipped = discover_cases(Path(input_folder), len(channel_names))
     for case_id, reason in skipped.items():
         print(f"skipping {case_id}: {reason}")
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder_name}.partial-", dir=raw_root))
-    try:
+    with staging_folder(raw_root, folder_name) as staging:
         accepted = _convert_cases(cases, channel_names, staging, num_processes, min_body_ml, skipped)
         if not accepted:
             reasons = "".join(f"\n  {case}: {reason}" for case, reason in sorted(skipped.items()))
             raise PreparationError(f"no valid case in {input_folder}" + (reasons or " (no image files found)"))
         _write_dataset_json(staging, channel_names, len(accepted), name)
-        final = _move_into_place(staging, raw_root / folder_name, existing)
-    except BaseException:  # KeyboardInterrupt included: never leave a half-written dataset
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        final = move_into_place(staging, raw_root / folder_name, existing)
     report = PreparationReport(final, sorted(accepted), dict(sorted(skipped.items())))
     print(report.summary())
     return report
 
 
-def _check_arguments(dataset_id: int, name: str, channel_names: list[str]) -> None:
+def check_arguments(dataset_id: int, name: str, channel_names: list[str]) -> None:
     if not 1 <= int(dataset_id) <= 999:
         raise PreparationError(f"dataset id must lie in 1..999, got {dataset_id}")
     if not _NAME_PATTERN.match(name):
@@ -109,6 +102,35 @@ def existing_dataset_folders(root: Path, dataset_id: int) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(f"Dataset{dataset_id:03d}_"))
+
+
+def claim_dataset_id(raw_root: Path, dataset_id: int, folder_name: str, overwrite: bool) -> list[Path]:
+    """The raw folders of `dataset_id` that the new dataset will replace.
+
+    Raises PreparationError if the id is taken and not `overwrite`, or if nnU-Net's other
+    folders use the id under another name.
+    """
+    existing = existing_dataset_folders(raw_root, dataset_id)
+    if existing and not overwrite:
+        raise PreparationError(f"dataset id {dataset_id} already exists: {existing[0]}. "
+                               f"Pass --overwrite (overwrite=True) to replace it, or choose another id.")
+    _check_other_nnunet_folders(dataset_id, folder_name)
+    return existing
+
+
+@contextmanager
+def staging_folder(raw_root: Path, folder_name: str):
+    """A new hidden folder beside the final dataset, deleted if the block fails.
+
+    The block should end by renaming it into place (`move_into_place`); on any exception,
+    KeyboardInterrupt included, it is removed so no half-written dataset is left behind.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder_name}.partial-", dir=raw_root))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _check_other_nnunet_folders(dataset_id: int, folder_name: str) -> None:
@@ -179,7 +201,7 @@ def _write_dataset_json(folder: Path, channel_names: list[str], num_cases: int, 
                           license="that of the input images", converted_by="nnUNetv2_mass_prepare_unlabeled")
 
 
-def _move_into_place(staging: Path, target: Path, existing: list[Path]) -> Path:
+def move_into_place(staging: Path, target: Path, existing: list[Path]) -> Path:
     """Rename `staging` to `target`, replacing the `existing` folders of the same id.
 
     The old folders are first renamed aside and only deleted once the new one is in place,
