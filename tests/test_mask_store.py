@@ -182,3 +182,46 @@ def test_stored_stack_pickles_for_dataloader_workers(tmp_path):
     stored.crop((slice(0, 4),))  # the file is open now
     clone = pickle.loads(pickle.dumps(stored))
     assert np.array_equal(clone.crop((slice(3, 9),)), stack.layers[:, 3:9])
+
+
+def test_bboxes_are_computed_once_on_save_and_read_back(tmp_path):
+    stack = example_stack(8)
+    empty_label = MaskInfo(1, 4321, 0, "empty")  # listed but absent from the layer
+    stack = MaskStack(stack.layers, [*stack.masks, empty_label])
+    save_mask_stack(tmp_path, "c", stack, {})
+    stored = open_mask_stack(tmp_path, "c")
+    assert stored.has_bboxes
+    for info in stored.masks[:-1]:
+        where = np.argwhere(stack.layers[info.layer] == info.label)
+        assert info.bbox == tuple((int(lo), int(hi) + 1) for lo, hi in zip(where.min(0), where.max(0)))
+    assert stored.masks[-1].bbox == ((0, 0), (0, 0), (0, 0))
+    index = json.loads((tmp_path / "c.json").read_text())
+    assert index["masks"][0]["bbox"] == [list(b) for b in stored.masks[0].bbox]
+    assert stored.masks == stack.masks  # the box is derived data: equality ignores it
+
+
+def test_index_without_bboxes_still_loads(tmp_path):
+    save_mask_stack(tmp_path, "c", example_stack(9), {})
+    index = json.loads((tmp_path / "c.json").read_text())
+    for entry in index["masks"]:
+        del entry["bbox"]  # as written before boxes were stored
+    (tmp_path / "c.json").write_text(json.dumps(index))
+    stored = open_mask_stack(tmp_path, "c")
+    assert not stored.has_bboxes and all(m.bbox is None for m in stored.masks)
+    assert np.array_equal(stored.load().layers, example_stack(9).layers)
+
+
+def test_crop_and_read_masks_of_chosen_layers_only(tmp_path):
+    stack = example_stack(10)
+    save_mask_stack(tmp_path, "c", stack, {})
+    stored = open_mask_stack(tmp_path, "c")
+    window = (slice(2, 12), slice(4, 20), slice(1, 27))
+    assert np.array_equal(stored.crop(window, layers=[1, 0]), stack.layers[[1, 0]][(slice(None), *window)])
+    assert stored.crop(window, layers=[]).shape == (0, 10, 16, 26)
+    with pytest.raises(IndexError, match="out of range"):
+        stored.crop(window, layers=[2])
+    bbox = [[-2, 8], [10, 30], [5, 9]]
+    chosen = [stored.masks[-1], stored.masks[0]]  # layers 1 and 0
+    padded = np.pad(stack.layers, [(0, 0), (2, 0), (0, 6), (0, 0)])[:, 0:10, 10:30, 5:9]
+    expected = np.stack([padded[info.layer] == info.label for info in chosen])
+    assert np.array_equal(stored.read_masks(bbox, chosen), expected)

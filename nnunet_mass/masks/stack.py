@@ -7,9 +7,11 @@ components of one intensity cluster, an imported label map) fills one layer, whi
 hundreds of masks in a few layers; a loader crops the layers first and expands only the
 masks it draws.
 """
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
+
+BBox = tuple[tuple[int, int], ...]  # ((lo, hi), ...) per spatial axis (z, y, x), voxels, hi exclusive
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,18 @@ class MaskInfo:
     label: int   # value of the mask in that layer (>= 1)
     voxels: int  # size on the preprocessed grid
     source: str  # what made it, e.g. "supervoxels_20mm", "intensity_k4", "labels:TotalSegmentator"
+    # Tight bounding box of the mask; an empty mask has lo == hi == 0 on every axis. None where
+    # unknown (index files written before boxes were stored). Derived from the layers, so it
+    # takes no part in equality or hashing.
+    bbox: BBox | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_dict(cls, entry: dict) -> "MaskInfo":
+        """From an index entry (JSON lists become tuples; a missing bbox stays None)."""
+        bbox = entry.get("bbox")
+        if bbox is not None:
+            bbox = tuple((int(lo), int(hi)) for lo, hi in bbox)
+        return cls(int(entry["layer"]), int(entry["label"]), int(entry["voxels"]), str(entry["source"]), bbox)
 
 
 @dataclass
@@ -37,6 +51,13 @@ class MaskStack:
         info = self.masks[index]
         return self.layers[info.layer] == info.label
 
+    def with_bboxes(self) -> "MaskStack":
+        """The same masks with `bbox` computed from the layers (one pass per layer)."""
+        boxes = [layer_bboxes(layer) for layer in self.layers]
+        empty = tuple((0, 0) for _ in self.layers.shape[1:])
+        masks = [replace(m, bbox=boxes[m.layer].get(m.label, empty)) for m in self.masks]
+        return MaskStack(self.layers, masks)
+
     def index_dict(self) -> dict:
         """JSON-serialisable description of the masks (everything but the voxels)."""
         return {"shape": list(self.layers.shape), "masks": [asdict(m) for m in self.masks]}
@@ -53,6 +74,15 @@ class MaskStack:
             masks += [MaskInfo(index, int(label), int(counts[label]), source)
                       for label in np.flatnonzero(counts[1:]) + 1]
         return cls(stacked, masks)
+
+
+def layer_bboxes(layer: np.ndarray) -> dict[int, BBox]:
+    """{label: tight bounding box} of every non-zero label of one label map."""
+    from scipy import ndimage
+
+    found = ndimage.find_objects(layer)  # index label - 1 -> tuple of slices, None if absent
+    return {index + 1: tuple((s.start, s.stop) for s in slices)
+            for index, slices in enumerate(found) if slices is not None}
 
 
 MAX_LABEL = int(np.iinfo(np.uint16).max)

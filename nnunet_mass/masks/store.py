@@ -7,6 +7,11 @@ Layout, for one configuration of a preprocessed dataset:
         <case>.b2nd   blosc2 NDArray, uint16 (L, z, y, x): the MaskStack's label layers
         <case>.json   the mask index (MaskStack.index_dict()), format version, metadata
 
+Each mask's entry in the index holds its bounding box (`bbox`, computed once when saved), so
+a loader can tell which masks can reach a window from the index alone and read only the
+layers it needs. Index files without boxes (written before they were stored) stay valid:
+`MaskInfo.bbox` is then None and a loader counts voxels in the layers instead.
+
 The folder is a sibling of nnU-Net's on purpose: nnU-Net takes every `*.b2nd` in its data
 folder for a case. A case is finished once its JSON exists. Both files are written under
 temporary names in the same folder and renamed into place, the JSON last (and an old JSON
@@ -20,7 +25,7 @@ import glob
 import json
 import os
 import uuid
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -88,6 +93,7 @@ def save_mask_stack(folder, case: str, stack: MaskStack, metadata: dict | None =
     if len(stack.masks) == 0 or stack.layers.shape[0] == 0:
         raise ValueError(f"case {case}: the mask stack is empty; there is nothing to save")
     _check_index(case, stack)
+    stack = stack.with_bboxes()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     _remove_partials(folder, case)
@@ -125,7 +131,7 @@ class StoredMaskStack:
     def __init__(self, folder, case: str, index: dict):
         self.folder = Path(folder)
         self.case = case
-        self.masks: list[MaskInfo] = [MaskInfo(**m) for m in index["masks"]]
+        self.masks: list[MaskInfo] = [MaskInfo.from_dict(m) for m in index["masks"]]
         self.shape: tuple[int, ...] = tuple(index["shape"])  # (L, z, y, x)
         self.metadata: dict = index.get("metadata", {})
         self._array = None
@@ -135,6 +141,11 @@ class StoredMaskStack:
 
     def __getstate__(self):
         return {**self.__dict__, "_array": None}
+
+    @property
+    def has_bboxes(self) -> bool:
+        """True when every mask's bounding box is in the index (files written by this version)."""
+        return all(m.bbox is not None for m in self.masks)
 
     @property
     def path(self) -> Path:
@@ -147,31 +158,52 @@ class StoredMaskStack:
             self._array = _open_array(self.path)
         return self._array
 
-    def crop(self, slices) -> np.ndarray:
-        """uint16 (L, ...) of the spatial window `slices` (up to three slices, numpy semantics)."""
+    def crop(self, slices, layers: Sequence[int] | None = None) -> np.ndarray:
+        """uint16 (L, ...) of the spatial window `slices` (up to three slices, numpy semantics);
+        with `layers`, only those layers, in that order ((len(layers), ...))."""
         slices = tuple(slices) if isinstance(slices, (tuple, list)) else (slices,)
         if len(slices) > len(self.shape) - 1 or not all(isinstance(s, slice) for s in slices):
             raise ValueError(f"crop takes up to {len(self.shape) - 1} spatial slices, got {slices}")
         if any(s.step not in (None, 1) for s in slices):
             raise ValueError(f"crop takes contiguous windows (step 1), got {slices}")
         window = tuple(slice(*s.indices(n)[:2]) for s, n in zip(slices, self.shape[1:]))
-        if any(w.stop <= w.start for w in window):  # empty window: nothing to decompress
+        num_layers = self.shape[0] if layers is None else len(layers)
+        if any(w.stop <= w.start for w in window) or num_layers == 0:  # nothing to decompress
             sizes = [max(0, w.stop - w.start) for w in window] + list(self.shape[1 + len(window):])
-            return np.zeros((self.shape[0], *sizes), dtype=np.uint16)
-        return np.asarray(self.array[(slice(None), *window)], dtype=np.uint16)
+            return np.zeros((num_layers, *sizes), dtype=np.uint16)
+        if layers is None:
+            return np.asarray(self.array[(slice(None), *window)], dtype=np.uint16)
+        # one read per layer: a layer is its own chunk, so the others are never decompressed
+        return np.stack([np.asarray(self.array[(slice(layer, layer + 1), *window)], dtype=np.uint16)[0]
+                         for layer in self._checked_layers(layers)])
 
-    def crop_bbox(self, bbox: Sequence[Sequence[int]]) -> np.ndarray:
+    def crop_bbox(self, bbox: Sequence[Sequence[int]], layers: Sequence[int] | None = None) -> np.ndarray:
         """uint16 (L, hi - lo, ...) for bbox [[lo, hi], ...] (z, y, x) in voxels; parts outside
-        the array are 0 (no mask), as nnU-Net's loader pads its crops."""
+        the array are 0 (no mask), as nnU-Net's loader pads its crops. `layers` as in `crop`."""
         spatial = self.shape[1:]
         if len(bbox) != len(spatial):
             raise ValueError(f"bbox needs {len(spatial)} [lo, hi] pairs, got {bbox}")
-        out = np.zeros((self.shape[0], *(int(hi) - int(lo) for lo, hi in bbox)), dtype=np.uint16)
+        num_layers = self.shape[0] if layers is None else len(layers)
+        out = np.zeros((num_layers, *(int(hi) - int(lo) for lo, hi in bbox)), dtype=np.uint16)
         inside = [(max(int(lo), 0), min(int(hi), n)) for (lo, hi), n in zip(bbox, spatial)]
-        if all(hi > lo for lo, hi in inside):
+        if all(hi > lo for lo, hi in inside) and num_layers > 0:
             target = tuple(slice(lo - int(b[0]), hi - int(b[0])) for (lo, hi), b in zip(inside, bbox))
-            out[(slice(None), *target)] = self.crop(tuple(slice(lo, hi) for lo, hi in inside))
+            out[(slice(None), *target)] = self.crop(tuple(slice(lo, hi) for lo, hi in inside), layers)
         return out
+
+    def read_masks(self, bbox: Sequence[Sequence[int]], infos: Sequence[MaskInfo]) -> np.ndarray:
+        """bool (K, hi - lo, ...): the masks `infos` over bbox (zero-padded outside the array),
+        decompressing only the layers they live in."""
+        layers = sorted({info.layer for info in infos})
+        position = {layer: index for index, layer in enumerate(layers)}
+        crop = self.crop_bbox(bbox, layers)  # (len(layers), ...)
+        return expand(crop, [replace(info, layer=position[info.layer]) for info in infos])
+
+    def _checked_layers(self, layers: Sequence[int]) -> list[int]:
+        layers = [int(layer) for layer in layers]
+        if any(not 0 <= layer < self.shape[0] for layer in layers):
+            raise IndexError(f"layers {layers} out of range for {self.shape[0]} layer(s) of case {self.case}")
+        return layers
 
     @staticmethod
     def expand(crop_layers: np.ndarray, infos: Sequence[MaskInfo]) -> np.ndarray:
