@@ -66,3 +66,29 @@ def copy_dataset(pristine: dict, nnunet_env: dict, dataset: str) -> dict:
     return {"raw": Path(nnunet_env["nnUNet_raw"]) / dataset, "preprocessed": preprocessed,
             "data": preprocessed / "nnUNetPlans_3d_fullres",
             "masks": preprocessed / "nnUNetPlans_3d_fullres_mass_masks"}
+
+
+CPU_TINY_PLANS = "nnUNetPlans_cpuTiny"
+
+
+def pretraining_phantoms(root, dataset_id: int, name: str, num_cases: int, seed: int, shape,
+                         masks: bool = True) -> dict:
+    """A phantom dataset under `root` planned with the cpu_tiny preset, preprocessed, and
+    (with `masks`) with classical mask proposals: what a MASS pretraining run needs."""
+    def preset_preprocess_and_masks():
+        from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess
+        from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+        from nnunet_mass.masks.dataset_masks import generate_dataset_masks
+        from nnunet_mass.plans_presets import write_preset_plans
+
+        from pathlib import Path
+        import os
+
+        folder = Path(os.environ["nnUNet_preprocessed"]) / maybe_convert_to_dataset_name(dataset_id)
+        write_preset_plans(folder, "cpu_tiny")
+        preprocess([dataset_id], plans_identifier=CPU_TINY_PLANS, configurations=("3d_fullres",), num_processes=(1,))
+        if masks:
+            generate_dataset_masks(dataset_id, "3d_fullres", CPU_TINY_PLANS, num_processes=1)
+
+    return preprocessed_phantoms(root, dataset_id, name, num_cases, seed, shape, then=preset_preprocess_and_masks)
