@@ -2,6 +2,8 @@
 import argparse
 import sys
 
+from nnunet_mass.cli.raw_dataset_arguments import add_raw_dataset_arguments
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
@@ -20,12 +22,7 @@ def main(argv=None) -> None:
                         help="pooled channel names, needed when the sources' names differ. nnU-Net normalises by "
                              "name: 'CT' -> CT normalisation (all sources must be CT in HU), any other name -> "
                              "per-scan z-score (e.g. -cn image for a CT+MR pool)")
-    parser.add_argument("-np", dest="num_processes", type=int, default=1,
-                        help="number of processes (default: 1, in-process)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing dataset with the same id (only once the new one is complete)")
-    parser.add_argument("--min_body_ml", type=float, default=50.0,
-                        help="skip cases whose body mask is smaller than this, in ml (default: 50)")
+    add_raw_dataset_arguments(parser)
     args = parser.parse_args(argv)
 
     from nnunet_mass.unlabeled import PreparationError  # after --help: imports SimpleITK

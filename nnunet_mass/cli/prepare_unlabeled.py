@@ -2,6 +2,8 @@
 import argparse
 import sys
 
+from nnunet_mass.cli.raw_dataset_arguments import add_raw_dataset_arguments
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
@@ -15,12 +17,7 @@ def main(argv=None) -> None:
     parser.add_argument("-cn", dest="channel_names", nargs="+", required=True, metavar="NAME",
                         help="one name per channel, in channel-index order, e.g. -cn CT or -cn T1 T2. "
                              "Names containing 'CT' are thresholded in HU, others with Otsu")
-    parser.add_argument("-np", dest="num_processes", type=int, default=1,
-                        help="number of processes (default: 1, in-process)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing dataset with the same id (only once the new one is complete)")
-    parser.add_argument("--min_body_ml", type=float, default=50.0,
-                        help="skip cases whose body mask is smaller than this, in ml (default: 50)")
+    add_raw_dataset_arguments(parser)
     args = parser.parse_args(argv)
 
     from nnunet_mass.unlabeled import PreparationError, prepare_unlabeled_dataset  # after --help: imports SimpleITK
