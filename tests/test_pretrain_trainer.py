@@ -156,3 +156,11 @@ def test_the_lamb_variant_uses_lamb_with_masss_peak_lr(dataset):
     trainer.initialize()
     assert type(trainer.optimizer).__name__ == "Lamb" and trainer.initial_lr == pytest.approx(2e-3)
     assert math.isclose(trainer.optimizer.param_groups[0]["lr"], trainer.lr_scheduler._lr(0))
+
+
+def test_crop_size_from_the_environment_must_fit_the_network(dataset, monkeypatch):
+    monkeypatch.setenv("nnUNet_MASS_crop_size", "24,24,24")
+    assert make_trainer().crop_shape() == (24, 24, 24)
+    monkeypatch.setenv("nnUNet_MASS_crop_size", "20,24,24")
+    with pytest.raises(ValueError, match="divisible by the network's total stride"):
+        make_trainer().crop_shape()

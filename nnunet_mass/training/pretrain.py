@@ -99,9 +99,7 @@ class MASSPretrainTrainer(nnUNetTrainer):
     def configure_optimizers(self):
         decay, no_decay = [], []
         for parameter in self.network.parameters():
-            # norms, biases and learned tokens are not shrunk towards zero
-            (no_decay if parameter.ndim <= 1 or parameter.ndim == 2 and parameter.shape[0] == 1 else decay).append(
-                parameter)
+            (no_decay if parameter.ndim <= 1 else decay).append(parameter)  # norms and biases are not shrunk
         groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = self._optimizer_class()(groups, lr=self.initial_lr)
         scheduler = WarmupCosineLRScheduler(optimizer, self.initial_lr, self.num_iterations_per_epoch,
@@ -124,9 +122,12 @@ class MASSPretrainTrainer(nnUNetTrainer):
                        strong=settings.strong.scaled(self.augmentation_scale))
 
     def crop_shape(self) -> tuple:
-        crop = tuple(self.crop_size or self.configuration_manager.patch_size)
-        if len(crop) != len(self.configuration_manager.patch_size):
-            raise ValueError(f"crop size {crop} must have {len(self.configuration_manager.patch_size)} axes")
+        crop = tuple(int(c) for c in (self.crop_size or self.configuration_manager.patch_size))
+        strides = self.configuration_manager.network_arch_init_kwargs.get("strides")
+        divisor = np.prod(np.array(strides), axis=0) if strides else np.ones(len(crop), dtype=int)
+        if len(crop) != len(divisor) or any(c % d for c, d in zip(crop, divisor)):
+            raise ValueError(f"crop size {list(crop)} must have {len(divisor)} axes, each divisible by the "
+                             f"network's total stride {divisor.tolist()} (nnUNet_MASS_crop_size)")
         return crop
 
     def masks_folder(self):
