@@ -153,3 +153,16 @@ def test_no_drawn_mask_leaves_only_the_fov_task():
     ref_out, query_out, valid = assemble_tasks(none, none, plan, MIN_VOXELS)
     assert plan.fov_channel == 0 and valid.tolist() == [True, False, False, False, False]
     assert ref_out[0].all() and not ref_out[1:].any() and not query_out[1:].any()
+
+
+def test_size_bias_draws_large_masks_first_more_often_and_zero_bias_is_uniform():
+    from nnunet_mass.masks.stack import MaskInfo
+    from nnunet_mass.pretext.selection import draw_order
+
+    masks = [MaskInfo(0, 1, 10, "small"), MaskInfo(0, 2, 1000, "large")]
+    rng = np.random.default_rng(0)
+    first_large = [draw_order(masks, bias, rng)[0] == 1 for bias in [0.0] * 2000]
+    assert 0.45 < np.mean(first_large) < 0.55
+    first_large = [draw_order(masks, 0.5, rng)[0] == 1 for _ in range(2000)]
+    assert 0.88 < np.mean(first_large) < 0.93  # weights 10**0.5 : 1000**0.5 -> P(large first) = 10 / 11
+    assert sorted(draw_order(masks, 0.5, rng)) == [0, 1]

@@ -141,7 +141,8 @@ class MASSPretextDataLoader(nnUNetDataLoader):
         for _ in range(settings.anchor_attempts):
             views = draw_view_pair(shape, self.patch_size, settings.min_overlap, self.rng)
             drawn = draw_present_masks(stack, views.reference, settings.min_reference_voxels,
-                                       settings.max_drawn_masks, self.rng)
+                                       settings.max_drawn_masks, self.rng,
+                                       size_bias=settings.mask_size_bias)
             if drawn:
                 break
         return views, drawn

@@ -49,13 +49,15 @@ class ChannelPlan:
 
 
 def draw_present_masks(source: MaskSource, window: np.ndarray, min_voxels: int, max_count: int,
-                       rng: np.random.Generator, use_bboxes: bool | None = None) -> list[MaskInfo]:
-    """Up to `max_count` masks present in `window` (box (D, 2)), drawn uniformly without replacement.
+                       rng: np.random.Generator, use_bboxes: bool | None = None,
+                       size_bias: float = 0.0) -> list[MaskInfo]:
+    """Up to `max_count` masks present in `window` (box (D, 2)), drawn without replacement:
+    uniformly (MASS) with `size_bias` 0, else with weights voxels ** size_bias.
 
     `use_bboxes` None: use the index's boxes when every mask has one.
     """
     use_bboxes = source.has_bboxes if use_bboxes is None else use_bboxes
-    order = rng.permutation(len(source.masks))  # one random order for both ways of testing presence
+    order = draw_order(source.masks, size_bias, rng)  # one random order for both ways of testing presence
     counter = _BoxedCounter(source, window, min_voxels) if use_bboxes else _FullCounter(source, window)
     chosen = []
     for index in order:
@@ -64,6 +66,15 @@ def draw_present_masks(source: MaskSource, window: np.ndarray, min_voxels: int, 
         if counter.count(index) >= min_voxels:
             chosen.append(source.masks[index])
     return chosen
+
+
+def draw_order(masks, size_bias: float, rng: np.random.Generator) -> np.ndarray:
+    """A random order of `masks`, as successive weighted draws without replacement
+    (Efraimidis-Spirakis keys u ** (1 / weight))."""
+    if size_bias == 0:
+        return rng.permutation(len(masks))
+    weights = np.maximum([m.voxels for m in masks], 1).astype(np.float64) ** size_bias
+    return np.argsort(-np.log(rng.random(len(masks))) / weights)
 
 
 def present_masks(source: MaskSource, window: np.ndarray, min_voxels: int,

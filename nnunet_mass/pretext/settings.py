@@ -68,6 +68,9 @@ class PretextSettings:
     anchor_attempts: a window with no mask present at all is drawn again, up to this many
         anchors (then the sample keeps only its whole-FOV task). Mostly matters for sparse
         masks such as imported labels.
+    mask_size_bias: masks are drawn with weights voxels ** mask_size_bias; 0 is MASS's
+        uniform draw. Classical proposals are mostly supervoxel fragments that look alike
+        inside one organ; a positive bias asks for whole structures more often.
     weak / strong: the reference's and the query's augmentation.
     """
     num_masks: int = 13
@@ -75,6 +78,7 @@ class PretextSettings:
     min_reference_voxels: int = 27
     whole_fov_task: bool = True
     anchor_attempts: int = 3
+    mask_size_bias: float = 0.0
     weak: AugmentationStrength = field(default=WEAK)
     strong: AugmentationStrength = field(default=STRONG)
 

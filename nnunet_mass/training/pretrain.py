@@ -49,7 +49,7 @@ class MASSPretrainTrainer(nnUNetTrainer):
     # Attributes a user may set with nnUNet_MASS_<name>=<value> (see README, "Pretraining settings").
     tunable = {"num_epochs": int, "num_iterations_per_epoch": int, "num_val_iterations_per_epoch": int,
                "initial_lr": float, "weight_decay": float, "warmup_fraction": float, "ema_decay": float,
-               "num_masks": int, "crop_size": tuple, "augmentation_scale": float}
+               "num_masks": int, "crop_size": tuple, "augmentation_scale": float, "mask_size_bias": float}
     optimizer_name = "adamw"  # or "lamb" (timm's LAMB, as MASS)
     peak_lr = 1e-3  # default of initial_lr: the peak of the warm-up + cosine schedule
 
@@ -68,6 +68,7 @@ class MASSPretrainTrainer(nnUNetTrainer):
         self.num_masks = 13
         self.crop_size = None  # None: the plans' patch size
         self.augmentation_scale = 1.0  # multiplies every augmentation probability
+        self.mask_size_bias = 0.0  # 0: masks drawn uniformly, as MASS
         self.enable_deep_supervision = False
         self.save_every = 1  # epochs are long; a crash loses at most one
         self.grad_scaler = None  # bf16 autocast needs no loss scaling
@@ -117,7 +118,7 @@ class MASSPretrainTrainer(nnUNetTrainer):
     def pretext_settings(self):
         from nnunet_mass.pretext.settings import PretextSettings
 
-        settings = PretextSettings(num_masks=self.num_masks)
+        settings = PretextSettings(num_masks=self.num_masks, mask_size_bias=self.mask_size_bias)
         return replace(settings, weak=settings.weak.scaled(self.augmentation_scale),
                        strong=settings.strong.scaled(self.augmentation_scale))
 
