@@ -164,3 +164,9 @@ def test_crop_size_from_the_environment_must_fit_the_network(dataset, monkeypatc
     monkeypatch.setenv("nnUNet_MASS_crop_size", "20,24,24")
     with pytest.raises(ValueError, match="divisible by the network's total stride"):
         make_trainer().crop_shape()
+
+
+def test_masks_are_size_biased_by_default_and_uniform_in_the_mass_variant(dataset):
+    assert make_trainer().pretext_settings().mask_size_bias == 0.5
+    uniform = make_trainer(trainer="nnUNetTrainerMASSPretrain_uniformMasks")
+    assert uniform.pretext_settings().mask_size_bias == 0.0

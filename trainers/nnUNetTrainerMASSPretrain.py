@@ -15,3 +15,9 @@ class nnUNetTrainerMASSPretrain_lamb(MASSPretrainTrainer):
 
     optimizer_name = "lamb"
     peak_lr = 2e-3
+
+
+class nnUNetTrainerMASSPretrain_uniformMasks(MASSPretrainTrainer):
+    """MASS's own mask draw: uniform over the case's masks (for structure-level masks such as SAM2's)."""
+
+    mask_size_bias = 0.0
