@@ -76,14 +76,14 @@ def pretraining_phantoms(root, dataset_id: int, name: str, num_cases: int, seed:
     """A phantom dataset under `root` planned with the cpu_tiny preset, preprocessed, and
     (with `masks`) with classical mask proposals: what a MASS pretraining run needs."""
     def preset_preprocess_and_masks():
+        import os
+        from pathlib import Path
+
         from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess
         from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
         from nnunet_mass.masks.dataset_masks import generate_dataset_masks
         from nnunet_mass.plans_presets import write_preset_plans
-
-        from pathlib import Path
-        import os
 
         folder = Path(os.environ["nnUNet_preprocessed"]) / maybe_convert_to_dataset_name(dataset_id)
         write_preset_plans(folder, "cpu_tiny")
@@ -92,3 +92,10 @@ def pretraining_phantoms(root, dataset_id: int, name: str, num_cases: int, seed:
             generate_dataset_masks(dataset_id, "3d_fullres", CPU_TINY_PLANS, num_processes=1)
 
     return preprocessed_phantoms(root, dataset_id, name, num_cases, seed, shape, then=preset_preprocess_and_masks)
+
+
+def read_preprocessed(dataset: dict, case: str, suffix: str = ""):
+    """nnU-Net's preprocessed array `<case><suffix>.b2nd` of a `copy_dataset` dataset ("_seg" for labels)."""
+    import blosc2
+
+    return blosc2.open(str(dataset["data"] / f"{case}{suffix}.b2nd"), mode="r")[:]

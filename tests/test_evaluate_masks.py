@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import copy_dataset, preprocessed_phantoms
+from helpers import copy_dataset, preprocessed_phantoms, read_preprocessed
 from nnunet_mass.masks.evaluate import (case_overlaps, evaluate_dataset_masks, format_tables, ground_truth,
                                         label_names, summarize)
 from nnunet_mass.masks.inspect import MaskQAError
@@ -30,9 +30,7 @@ def dataset(pristine, nnunet_env):
 
 
 def read_seg(dataset, case):
-    import blosc2
-
-    return blosc2.open(str(dataset["data"] / f"{case}_seg.b2nd"), mode="r")[:]
+    return read_preprocessed(dataset, case, "_seg")
 
 
 def import_labels_as_masks(dataset):

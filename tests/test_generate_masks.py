@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from helpers import copy_dataset, preprocessed_phantoms
+from helpers import copy_dataset, preprocessed_phantoms, read_preprocessed
 from nnunet_mass.masks.dataset_masks import (CaseInputError, CaseJob, MaskGenerationError, check_image_for_proposals,
                                              generate_case_masks, generate_dataset_masks)
 from nnunet_mass.masks.stack import MaskStack
@@ -44,15 +44,11 @@ def dataset(pristine, nnunet_env):
 
 
 def read_data(dataset, case):
-    import blosc2
-
-    return blosc2.open(str(dataset["data"] / f"{case}.b2nd"), mode="r")[:]
+    return read_preprocessed(dataset, case)
 
 
 def read_seg(dataset, case):
-    import blosc2
-
-    return blosc2.open(str(dataset["data"] / f"{case}_seg.b2nd"), mode="r")[:]
+    return read_preprocessed(dataset, case, "_seg")
 
 
 def rewrite_data(dataset, case, array):

@@ -2,15 +2,15 @@
 import argparse
 import sys
 
+from nnunet_mass.cli.arguments import add_preprocessed_dataset_arguments
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description="Score the mask proposals of a labelled preprocessed dataset: for every ground-truth label of "
                     "every case the best IoU of any proposal; prints the average best overlap (ABO) and recall at "
                     "an IoU per label (names from dataset.json), overall and per proposal source; writes JSON.")
-    parser.add_argument("-d", dest="dataset", required=True, help="dataset id or name, e.g. 101 or Dataset101_X")
-    parser.add_argument("-c", dest="configuration", default="3d_fullres", help="configuration [3d_fullres]")
-    parser.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier [nnUNetPlans]")
+    add_preprocessed_dataset_arguments(parser)
     parser.add_argument("-o", dest="output_file", default=None, help="JSON file [<mask folder>/qa/evaluation.json]")
     parser.add_argument("--cases", nargs="+", default=None, metavar="CASE",
                         help="only these cases [every case with finished masks]")

@@ -3,6 +3,8 @@ import argparse
 import importlib
 import sys
 
+from nnunet_mass.cli.arguments import add_preprocessed_dataset_arguments
+
 
 def _classical():
     """The classical generator module, or None where it is not installed."""
@@ -21,9 +23,7 @@ def main(argv=None) -> None:
                     "nnUNetv2_plan_and_preprocess first) and store them beside nnU-Net's data in "
                     "<nnUNet_preprocessed>/<dataset>/<data_identifier>_mass_masks. Finished cases are skipped, "
                     "so an interrupted run resumes. Exits non-zero if any case failed.")
-    parser.add_argument("-d", dest="dataset", required=True, help="dataset id or name, e.g. 101 or Dataset101_X")
-    parser.add_argument("-c", dest="configuration", default="3d_fullres", help="configuration [3d_fullres]")
-    parser.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier [nnUNetPlans]")
+    add_preprocessed_dataset_arguments(parser)
     parser.add_argument("-np", dest="num_processes", type=int, default=1,
                         help="number of processes (cases in parallel) [1]")
     parser.add_argument("--overwrite", action="store_true", help="regenerate cases that are already finished")

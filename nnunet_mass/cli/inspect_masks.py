@@ -2,15 +2,15 @@
 import argparse
 import sys
 
+from nnunet_mass.cli.arguments import add_preprocessed_dataset_arguments
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description="Per-case statistics (masks, sizes in voxels and ml, masks per source, body coverage) and PNG "
                     "overlays of the mask proposals that nnUNetv2_mass_generate_masks stored for a preprocessed "
                     "dataset. Prints a table and a dataset summary; writes <case>.png and stats.json.")
-    parser.add_argument("-d", dest="dataset", required=True, help="dataset id or name, e.g. 101 or Dataset101_X")
-    parser.add_argument("-c", dest="configuration", default="3d_fullres", help="configuration [3d_fullres]")
-    parser.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier [nnUNetPlans]")
+    add_preprocessed_dataset_arguments(parser)
     parser.add_argument("-o", dest="output_folder", default=None,
                         help="folder for the PNGs and stats.json [<mask folder>/qa]")
     parser.add_argument("--cases", nargs="+", default=None, metavar="CASE",

@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from nnunet_mass.cli.raw_dataset_arguments import add_raw_dataset_arguments
+from nnunet_mass.cli.arguments import add_raw_dataset_arguments
 
 
 def main(argv=None) -> None:
