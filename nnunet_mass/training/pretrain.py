@@ -158,7 +158,8 @@ class MASSPretrainTrainer(nnUNetTrainer):
             self.dataset_json, list(train_keys)))
         val = self.pretext_loader(val_keys, seed=VALIDATION_SEED)  # the same episodes every epoch
         processes = get_allowed_n_proc_DA()
-        return _augmenter(train, processes, self.device), _augmenter(val, max(1, processes // 2), self.device)
+        return _augmenter(train, processes, self.device), _augmenter(val, processes and max(1, processes // 2),
+                                                                    self.device)
 
     # --- training -----------------------------------------------------------------------------
     def on_train_epoch_start(self):
@@ -271,8 +272,8 @@ class MASSPretrainTrainer(nnUNetTrainer):
 
 
 def _augmenter(loader, processes: int, device: torch.device):
-    """nnU-Net's way of running a loader: in the main process, or in worker processes."""
-    if get_allowed_n_proc_DA() == 0:
+    """nnU-Net's way of running a loader: in the main process (0 processes), or in worker processes."""
+    if processes == 0:
         return SingleThreadedAugmenter(loader, None)
     return NonDetMultiThreadedAugmenter(data_loader=loader, transform=None, num_processes=processes,
                                         num_cached=max(6, processes // 2), seeds=None,
