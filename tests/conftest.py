@@ -12,3 +12,11 @@ def nnunet_env(tmp_path, monkeypatch):
     for name, value in folders.items():
         monkeypatch.setenv(name, value)
     return {name: os.fspath(value) for name, value in folders.items()}
+
+
+@pytest.fixture(scope="session")
+def mass_pretraining(tmp_path_factory):
+    """One tiny MASS pretraining shared read-only by the downstream tests (see helpers.short_pretraining)."""
+    from helpers import short_pretraining
+
+    return short_pretraining(tmp_path_factory.mktemp("mass_pretraining"))

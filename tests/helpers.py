@@ -99,3 +99,31 @@ def read_preprocessed(dataset: dict, case: str, suffix: str = ""):
     import blosc2
 
     return blosc2.open(str(dataset["data"] / f"{case}{suffix}.b2nd"), mode="r")[:]
+
+
+PRETRAINED_DATASET_ID, PRETRAINED_DATASET = 141, "Dataset141_PretrainedPhantoms"
+SHORT_PRETRAINING = {"nnUNet_MASS_num_epochs": "2", "nnUNet_MASS_num_iterations_per_epoch": "3",
+                     "nnUNet_MASS_num_val_iterations_per_epoch": "2", "nnUNet_n_proc_DA": "0",
+                     "nnUNet_compile": "false"}
+
+
+def short_pretraining(root) -> dict:
+    """A tiny MASS pretraining (cpu_tiny plans, 2 epochs x 3 iterations, fold 0) on 5 CT
+    phantoms of 40^3 under `root`: its nnU-Net folders, model folder and checkpoint."""
+    from pathlib import Path
+
+    import pytest
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    folders = pretraining_phantoms(root, PRETRAINED_DATASET_ID, PRETRAINED_DATASET.split("_", 1)[1], num_cases=5,
+                                   seed=21, shape=(40, 40, 40))
+    with pytest.MonkeyPatch.context() as patch:
+        for variable, value in {**folders, **SHORT_PRETRAINING}.items():
+            patch.setenv(variable, value)
+        trainer = get_trainer_from_args(str(PRETRAINED_DATASET_ID), "3d_fullres", 0, "nnUNetTrainerMASSPretrain",
+                                        CPU_TINY_PLANS, device=torch.device("cpu"))
+        trainer.run_training()
+    model_folder = Path(trainer.output_folder).parent
+    return {"folders": folders, "model_folder": model_folder,
+            "checkpoint": model_folder / "fold_0" / "checkpoint_final.pth",
+            "raw": Path(folders["nnUNet_raw"]) / PRETRAINED_DATASET}

@@ -10,3 +10,8 @@ from nnunet_mass.training.finetune import FinetuneScheduleMixin
 
 class nnUNetTrainerMASSFinetune(FinetuneScheduleMixin, nnUNetTrainer):
     pass
+
+
+class nnUNetTrainerMASSFinetune_scratch(nnUNetTrainerMASSFinetune):
+    """Same schedule from random weights: the baseline arm of low-label comparisons."""
+    pass
