@@ -30,3 +30,11 @@ def test_scheduler_sets_the_lr_of_every_group_and_resumes_on_the_same_curve():
     scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(warmup_poly_lr(8, 1e-2, 2, 10))
     assert scheduler.get_last_lr() == pytest.approx([warmup_poly_lr(8, 1e-2, 2, 10)] * 2)
+
+
+def test_a_groups_lr_scale_multiplies_its_lr():
+    params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.SGD([{"params": params[:1]}, {"params": params[1:], "lr_scale": 0.1}], lr=1.0)
+    WarmupPolyLRScheduler(optimizer, 1e-2, warmup_epochs=0, num_epochs=10).step(3)
+    lr = warmup_poly_lr(3, 1e-2, 0, 10)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([lr, 0.1 * lr])

@@ -3,7 +3,7 @@ import torch
 
 from helpers import save_as_if_saved_on_gpu, tiny_plans_network
 from nnunet_mass.networks.unwrap import unwrap
-from nnunet_mass.training.transfer import (IncompatibleWeightsError, load_pretrained_weights,
+from nnunet_mass.training.transfer import (TRANSFER_PARTS, IncompatibleWeightsError, load_pretrained_weights,
                                            route_pretrained_weights_loading)
 
 
@@ -62,8 +62,9 @@ def test_routing_replaces_the_loader_nnunet_train_calls():
 
     original = run_training.load_pretrained_weights
     try:
-        route_pretrained_weights_loading()
-        assert run_training.load_pretrained_weights is load_pretrained_weights
+        route_pretrained_weights_loading(TRANSFER_PARTS["encoder"])
+        assert run_training.load_pretrained_weights.func is load_pretrained_weights
+        assert run_training.load_pretrained_weights.keywords == {"parts": TRANSFER_PARTS["encoder"]}
     finally:
         run_training.load_pretrained_weights = original
 
@@ -72,3 +73,28 @@ def test_unwrap_strips_compile_wrappers():
     network = tiny_plans_network()
     assert unwrap(torch.compile(network)) is network
     assert unwrap(network) is network
+
+
+def _unet(conv=torch.nn.Conv3d, decoder_convs=1):
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    norm = torch.nn.InstanceNorm3d if conv is torch.nn.Conv3d else torch.nn.InstanceNorm2d
+    return PlainConvUNet(1, 3, [4, 8, 16], conv, 3, [1, 2, 2], 1, 3, decoder_convs, conv_bias=True, norm_op=norm,
+                         norm_op_kwargs={"affine": True}, nonlin=torch.nn.LeakyReLU)
+
+
+def test_encoder_only_transfer_takes_the_encoder_of_a_checkpoint_whose_decoder_differs(tmp_path):
+    source, target = _unet(decoder_convs=1), _unet(decoder_convs=2)
+    torch.save(_checkpoint(source), tmp_path / "shallower_decoder.pth")
+    with pytest.raises(IncompatibleWeightsError, match="decoder.stages.0.convs.1"):
+        load_pretrained_weights(target, str(tmp_path / "shallower_decoder.pth"))
+    decoder_before = {k: v.clone() for k, v in target.decoder.state_dict().items() if not k.startswith("encoder.")}
+    load_pretrained_weights(target, str(tmp_path / "shallower_decoder.pth"), parts=TRANSFER_PARTS["encoder"])
+    assert all(torch.equal(v, source.encoder.state_dict()[k]) for k, v in target.encoder.state_dict().items())
+    assert all(torch.equal(v, target.decoder.state_dict()[k]) for k, v in decoder_before.items())
+
+
+def test_a_2d_checkpoint_into_a_3d_network_is_named_as_such(tmp_path):
+    torch.save(_checkpoint(_unet(conv=torch.nn.Conv2d)), tmp_path / "2d.pth")
+    with pytest.raises(IncompatibleWeightsError, match="come from a 2D configuration and this network is 3D"):
+        load_pretrained_weights(_unet(), str(tmp_path / "2d.pth"))

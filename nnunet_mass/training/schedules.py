@@ -22,7 +22,8 @@ def warmup_poly_lr(epoch: int, initial_lr: float, warmup_epochs: int, num_epochs
 
 class WarmupPolyLRScheduler(_LRScheduler):
     """`warmup_poly_lr` as a scheduler. It holds no state beyond the epoch it is given, so
-    `--c` resumes on exactly the same curve."""
+    `--c` resumes on exactly the same curve. A parameter group's `lr_scale` (default 1)
+    multiplies its LR: pretrained layers slower than new ones, or frozen at 0."""
 
     def __init__(self, optimizer: Optimizer, initial_lr: float, warmup_epochs: int, num_epochs: int,
                  exponent: float = 0.9):
@@ -39,8 +40,8 @@ class WarmupPolyLRScheduler(_LRScheduler):
         self._next_epoch = epoch + 1
         lr = warmup_poly_lr(epoch, self.initial_lr, self.warmup_epochs, self.num_epochs, self.exponent)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self._last_lr = [lr] * len(self.optimizer.param_groups)
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
 
 def warmup_cosine_lr(iteration: int, peak_lr: float, warmup_iterations: int, total_iterations: int,
