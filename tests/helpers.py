@@ -127,3 +127,18 @@ def short_pretraining(root) -> dict:
     return {"folders": folders, "model_folder": model_folder,
             "checkpoint": model_folder / "fold_0" / "checkpoint_final.pth",
             "raw": Path(folders["nnUNet_raw"]) / PRETRAINED_DATASET}
+
+
+def crop_image(source, target, box_zyx, spacing_xyz=None, origin_xyz=None, direction=None) -> None:
+    """Write the (z, y, x) box `box_zyx` (slices) of the image `source` to `target`: by default
+    with its physical position kept; spacing, origin and direction (SimpleITK's (x, y, z) order)
+    replace the source's where given, for queries of another geometry."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(source))
+    cropped = image[box_zyx[2], box_zyx[1], box_zyx[0]]  # SimpleITK slices (x, y, z) and moves the origin
+    for value, setter in ((spacing_xyz, cropped.SetSpacing), (origin_xyz, cropped.SetOrigin),
+                          (direction, cropped.SetDirection)):
+        if value is not None:
+            setter(tuple(float(v) for v in value))
+    sitk.WriteImage(cropped, str(target))
