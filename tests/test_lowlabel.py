@@ -83,6 +83,8 @@ def test_bad_inputs_stop_before_any_training(labeled, nnunet_env, tmp_path):
     torch.save({"network_weights": flat}, tmp_path / "2d.pth")
     with pytest.raises(SystemExit, match="from a 2D configuration"):
         lowlabel_main(_args(tmp_path / "2d.pth", "--cases", "1"))
+    with pytest.raises(SystemExit, match="cannot find the trainer nnUNetTrainerMASSFinetune_frozenEncoder_scratch"):
+        lowlabel_main(_args(labeled["checkpoint"], "--cases", "1", "-tr", "nnUNetTrainerMASSFinetune_frozenEncoder"))
     assert _nothing_trained(nnunet_env)
 
 

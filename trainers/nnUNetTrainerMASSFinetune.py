@@ -51,3 +51,8 @@ class nnUNetTrainerMASSFinetune_50epochs(nnUNetTrainerMASSFinetune):
 class nnUNetTrainerMASSFinetune_scratch(nnUNetTrainerMASSFinetune):
     """The same schedule from random weights: the baseline arm of low-label comparisons."""
     accepts_pretrained_weights = False
+
+
+class nnUNetTrainerMASSFinetune_adamw_scratch(nnUNetTrainerMASSFinetune_adamw):
+    """The baseline of `_adamw`: the same optimiser and schedule from random weights."""
+    accepts_pretrained_weights = False

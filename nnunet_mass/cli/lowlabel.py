@@ -30,8 +30,8 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--split_seed", type=int, default=0, help="seed of the held-out choice [0]")
     parser.add_argument("-tr", dest="trainer", default="nnUNetTrainerMASSFinetune",
                         help="trainer of the pretrained arm [nnUNetTrainerMASSFinetune]")
-    parser.add_argument("-tr_baseline", dest="baseline_trainer", default="nnUNetTrainerMASSFinetune_scratch",
-                        help="trainer of the scratch arm [nnUNetTrainerMASSFinetune_scratch: same schedule]")
+    parser.add_argument("-tr_baseline", dest="baseline_trainer", default="",
+                        help="trainer of the scratch arm [<-tr>_scratch: the same recipe from random weights]")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of both arms [the trainer's]")
     parser.add_argument("--iterations", type=int, default=None, help="iterations per epoch of both arms")
     parser.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"), help="[cuda]")

@@ -186,9 +186,12 @@ class LowLabelExperiment:
     plans: str
     pretrained_weights: Path
     trainer: str = "nnUNetTrainerMASSFinetune"
-    baseline_trainer: str = "nnUNetTrainerMASSFinetune_scratch"
+    baseline_trainer: str = ""  # default: `<trainer>_scratch`, the same recipe from random weights
     device: str = "cuda"
     budget: Mapping[str, str] = ()  # nnUNet_MASS_* variables, e.g. epochs and iterations
+
+    def __post_init__(self):
+        self.baseline_trainer = self.baseline_trainer or f"{self.trainer}_scratch"
 
     def trainer_of(self, arm: str) -> str:
         return self.trainer if arm == PRETRAINED else self.baseline_trainer
@@ -268,6 +271,24 @@ def check_weights_fit(experiment: LowLabelExperiment, preprocessed: Path) -> Non
             "them with -p.")
 
 
+def check_trainers(experiment: LowLabelExperiment) -> None:
+    """Both arms' trainers must exist where nnUNetv2_train looks for them."""
+    import contextlib
+    import io
+
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    for arm in (PRETRAINED, SCRATCH):
+        name = experiment.trainer_of(arm)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # the search narrates every folder it visits
+                recursive_find_trainer_class_by_name(name)
+        except RuntimeError:
+            hint = " (the baseline defaults to <trainer>_scratch; name another with -tr_baseline)" \
+                if arm == SCRATCH else ""
+            raise ValueError(f"nnUNetv2_train cannot find the trainer {name}{hint}") from None
+
+
 def preprocessed_cases(preprocessed: Path, experiment: LowLabelExperiment) -> List[str]:
     """The dataset's preprocessed case ids for the experiment's plans and configuration."""
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
@@ -293,6 +314,7 @@ def low_label_study(experiment: LowLabelExperiment, env: Mapping[str, str], seed
     preprocessed = Path(env["nnUNet_preprocessed"]) / experiment.dataset
     cases = preprocessed_cases(preprocessed, experiment)
     check_weights_fit(experiment, preprocessed)
+    check_trainers(experiment)
     num_test = num_test or max(1, round(0.25 * len(cases)))
     counts = sorted(set(num_cases) | set(cases_from_fractions(fractions, len(cases) - num_test)))
     if not counts or not seeds:
