@@ -1,9 +1,12 @@
-"""The README's main job on synthetic data, end to end through nnU-Net's stock commands.
+"""The README's user story on synthetic data, end to end through the stock and our commands.
 
-generate phantoms -> plan and preprocess (tiny CPU plans) -> train nnUNetTrainerMASSFinetune
--> nnUNetv2_predict on held-out cases -> Dice per structure with nnU-Net's evaluation.
-Later stages of the MASS story (mask proposals, pretraining) slot in before training.
+unlabeled CT phantoms -> nnUNetv2_mass_prepare_unlabeled -> plan and preprocess (cpu_tiny)
+-> nnUNetv2_mass_generate_masks -> nnUNetv2_train -tr nnUNetTrainerMASSPretrain
+-> labeled phantoms -> nnUNetv2_mass_adopt -> nnUNetv2_mass_lowlabel (fine-tuning with few
+labels, from scratch and from the pretraining, each predicting the held-out cases)
+-> nnUNetv2_predict on new scans -> Dice tables.
 """
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -11,69 +14,76 @@ from pathlib import Path
 
 from nnunet_mass.stock import cpu_environment, run_stock, train_on_cpu
 
-TRAINER = "nnUNetTrainerMASSFinetune"
 MARKER = ".nnunet_mass_demo"
 CONFIGURATION = "3d_fullres"
+PRETRAIN_TRAINER = "nnUNetTrainerMASSPretrain"
+FINETUNE_TRAINER = "nnUNetTrainerMASSFinetune"
 
 
 @dataclass
 class DemoSettings:
     workdir: Path
-    dataset_id: int = 102
-    train_cases: int = 8
-    test_cases: int = 4
-    epochs: int = 40
-    iterations_per_epoch: int = 25
-    fold: str = "0"
+    pool_id: int = 101
+    target_id: int = 102
+    pool_cases: int = 12
+    labeled_cases: int = 8  # of which lowlabel holds 4 out; 1 and 2 of the rest are fine-tuned on
+    new_cases: int = 2  # never seen, for nnUNetv2_predict
+    pretrain_epochs: int = 25
+    pretrain_iterations: int = 100
+    finetune_epochs: int = 25
+    finetune_iterations: int = 25
+    labeled_counts: tuple = (1, 2)
     preset: str = "cpu_tiny"
     seed: int = 0
 
 
-def _step(title: str):
+def _step(title: str) -> float:
     print(f"\n=== {title}", flush=True)
     return time.perf_counter()
 
 
 def run_demo(settings: DemoSettings) -> dict:
-    """Run every step; returns nnU-Net's evaluation summary of the held-out predictions."""
-    from nnunet_mass.phantoms import PHANTOM_LABELS, write_phantom_dataset
-
+    """Run every step; returns the low-label report (Dice per arm and labeled-case count)."""
     workdir = fresh_workdir(Path(settings.workdir))
-    env = cpu_environment(workdir, {
-        "nnUNet_MASS_num_epochs": str(settings.epochs),
-        "nnUNet_MASS_num_iterations_per_epoch": str(settings.iterations_per_epoch),
-        "nnUNet_MASS_num_val_iterations_per_epoch": "5",
-    })
+    env = cpu_environment(workdir)
     log = workdir / "demo_commands.log"
-    raw, did = Path(env["nnUNet_raw"]), settings.dataset_id
     timings = {}
 
-    start = _step(f"Generating {settings.train_cases} training and {settings.test_cases} held-out CT phantoms")
-    write_phantom_dataset(raw, did, "PhantomCT", settings.train_cases, seed=settings.seed)
-    heldout = write_phantom_dataset(workdir, did + 1, "PhantomCTHeldout", settings.test_cases,
-                                    seed=settings.seed + 10_000, case_prefix="heldout")
-    timings["generate"] = time.perf_counter() - start
+    start = _step(f"Unlabeled pool: {settings.pool_cases} CT phantoms -> nnUNetv2_mass_prepare_unlabeled")
+    plans = prepare_pool(settings, workdir, env, log)
+    timings["pool"] = time.perf_counter() - start
 
-    start = _step("Planning and preprocessing (nnU-Net fingerprint + planner, then the cpu_tiny preset)")
-    plans_name = plan_and_preprocess(did, settings.preset, env, log)
-    timings["plan_and_preprocess"] = time.perf_counter() - start
+    start = _step("Class-agnostic masks: nnUNetv2_mass_generate_masks")
+    run_stock("nnUNetv2_mass_generate_masks", ["-d", settings.pool_id, "-c", CONFIGURATION, "-p", plans,
+                                               "-np", 2], env, log)
+    timings["masks"] = time.perf_counter() - start
 
-    start = _step(f"Training {TRAINER} ({settings.epochs} x {settings.iterations_per_epoch} iterations, CPU)")
-    train_on_cpu([did, CONFIGURATION, settings.fold, "-tr", TRAINER, "-p", plans_name], env, log)
-    timings["train"] = time.perf_counter() - start
+    budget = settings.pretrain_epochs * settings.pretrain_iterations
+    start = _step(f"MASS pretraining: nnUNetv2_train -tr {PRETRAIN_TRAINER} ({budget} iterations, CPU)")
+    train_on_cpu([settings.pool_id, CONFIGURATION, "all", "-tr", PRETRAIN_TRAINER, "-p", plans],
+                 {**env, "nnUNet_MASS_num_epochs": str(settings.pretrain_epochs),
+                  "nnUNet_MASS_num_iterations_per_epoch": str(settings.pretrain_iterations),
+                  "nnUNet_MASS_num_val_iterations_per_epoch": "5"}, log)
+    model = model_folder(env, settings.pool_id, plans)
+    timings["pretrain"] = time.perf_counter() - start
 
-    start = _step("Predicting the held-out cases with nnUNetv2_predict")
-    predictions = workdir / "predictions"
-    run_stock("nnUNetv2_predict", ["-i", heldout / "imagesTr", "-o", predictions, "-d", did,
-                                   "-c", CONFIGURATION, "-f", settings.fold, "-tr", TRAINER, "-p", plans_name,
-                                   "-device", "cpu", "-npp", 1, "-nps", 1, "--disable_tta"], env, log)
+    start = _step(f"Labeled dataset: {settings.labeled_cases} CT phantoms -> nnUNetv2_mass_adopt")
+    target_plans = adopt_target(settings, model, env, log)
+    timings["adopt"] = time.perf_counter() - start
+
+    start = _step(f"Few labels: nnUNetv2_mass_lowlabel, {settings.labeled_counts} labeled cases, "
+                  "scratch vs MASS")
+    report = low_label(settings, model, target_plans, env, log)
+    timings["finetune"] = time.perf_counter() - start
+
+    start = _step("nnUNetv2_predict with the MASS fine-tuned model on new scans")
+    summary = predict_new_scans(settings, report, target_plans, workdir, env, log)
     timings["predict"] = time.perf_counter() - start
 
-    summary = evaluate(heldout / "labelsTr", predictions, PHANTOM_LABELS)
-    print_dice_table(summary, PHANTOM_LABELS)
+    print_report(report, summary)
     print("\nTimes (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     print(f"Commands and their output: {log}")
-    return summary
+    return report
 
 
 def fresh_workdir(workdir: Path) -> Path:
@@ -86,6 +96,17 @@ def fresh_workdir(workdir: Path) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / MARKER).touch()
     return workdir
+
+
+def prepare_pool(settings: DemoSettings, workdir: Path, env: dict, log: Path) -> str:
+    """Unlabeled scans -> nnU-Net dataset with body masks -> planned and preprocessed; returns the plans name."""
+    from nnunet_mass.phantoms import write_phantom_dataset
+
+    scans = write_phantom_dataset(workdir / "scans", 999, "UnlabeledScans", settings.pool_cases,
+                                  seed=settings.seed, labeled=False)
+    run_stock("nnUNetv2_mass_prepare_unlabeled", ["-i", scans / "imagesTr", "-d", settings.pool_id,
+                                                  "-n", "PhantomPool", "-cn", "CT"], env, log)
+    return plan_and_preprocess(settings.pool_id, settings.preset, env, log)
 
 
 def plan_and_preprocess(dataset_id: int, preset: str, env: dict, log: Path) -> str:
@@ -108,6 +129,47 @@ def _dataset_name(dataset_id: int, env: dict) -> str:
     return matches[0].name
 
 
+def model_folder(env: dict, dataset_id: int, plans: str) -> Path:
+    return (Path(env["nnUNet_results"]) / _dataset_name(dataset_id, env)
+            / f"{PRETRAIN_TRAINER}__{plans}__{CONFIGURATION}")
+
+
+def adopt_target(settings: DemoSettings, model: Path, env: dict, log: Path) -> str:
+    """Labeled phantoms of another seed, given the pretraining's plans; returns their plans name."""
+    from nnunet_mass.phantoms import write_phantom_dataset
+
+    write_phantom_dataset(env["nnUNet_raw"], settings.target_id, "PhantomCT", settings.labeled_cases,
+                          seed=settings.seed + 1000)
+    run_stock("nnUNetv2_mass_adopt", ["-m", model, "-d", settings.target_id, "-np", 2], env, log)
+    return f"{model.name.split('__')[1]}_MASS{settings.pool_id:03d}"
+
+
+def low_label(settings: DemoSettings, model: Path, plans: str, env: dict, log: Path) -> dict:
+    run_stock("nnUNetv2_mass_lowlabel", [
+        "-d", settings.target_id, "-p", plans, "-pretrained_weights", model / "fold_all" / "checkpoint_final.pth",
+        "--cases", *settings.labeled_counts, "--seeds", settings.seed, "--test_cases", 4,
+        "--epochs", settings.finetune_epochs, "--iterations", settings.finetune_iterations, "-device", "cpu"],
+        env, log)
+    output = (Path(env["nnUNet_results"]) / _dataset_name(settings.target_id, env)
+              / f"mass_lowlabel__{FINETUNE_TRAINER}__{plans}__{CONFIGURATION}")
+    return json.loads((output / "results.json").read_text())
+
+
+def predict_new_scans(settings: DemoSettings, report: dict, plans: str, workdir: Path, env: dict,
+                      log: Path) -> dict:
+    """Stock nnUNetv2_predict with the MASS model of the most labels, on phantoms no step has seen."""
+    from nnunet_mass.phantoms import PHANTOM_LABELS, write_phantom_dataset
+
+    new = write_phantom_dataset(workdir / "new_scans", 998, "NewScans", settings.new_cases,
+                                seed=settings.seed + 2000, case_prefix="new")
+    run = max((r for r in report["runs"] if r["arm"] == "pretrained"), key=lambda r: r["num_cases"])
+    predictions = workdir / "predictions"
+    run_stock("nnUNetv2_predict", ["-i", new / "imagesTr", "-o", predictions, "-d", settings.target_id,
+                                   "-c", CONFIGURATION, "-f", run["fold"], "-tr", FINETUNE_TRAINER, "-p", plans,
+                                   "-device", "cpu", "-npp", 1, "-nps", 1, "--disable_tta"], env, log)
+    return evaluate(new / "labelsTr", predictions, PHANTOM_LABELS)
+
+
 def evaluate(reference_folder: Path, prediction_folder: Path, labels: dict) -> dict:
     """nnU-Net's own metrics (Dice etc. per label) for every prediction."""
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
@@ -119,9 +181,12 @@ def evaluate(reference_folder: Path, prediction_folder: Path, labels: dict) -> d
                                      foreground, num_processes=1)
 
 
-def print_dice_table(summary: dict, labels: dict) -> None:
-    print(f"\n{'structure':<14}{'Dice':>8}")
-    for name, value in labels.items():
-        if value > 0:
-            print(f"{name:<14}{summary['mean'][value]['Dice']:>8.3f}")
-    print(f"{'mean':<14}{summary['foreground_mean']['Dice']:>8.3f}")
+def print_report(report: dict, new_scans: dict) -> None:
+    from nnunet_mass.downstream.lowlabel import format_table
+    from nnunet_mass.phantoms import PHANTOM_LABELS
+
+    names = {str(v): k for k, v in PHANTOM_LABELS.items()}
+    print("\nHeld-out Dice after fine-tuning on few labeled cases (nnU-Net's validation):")
+    print(format_table(report["table"], names))
+    print(f"\nnnUNetv2_predict on {len(new_scans['metric_per_case'])} new scans: "
+          f"mean Dice {new_scans['foreground_mean']['Dice']:.3f}")

@@ -7,15 +7,21 @@ from nnunet_mass.demo import DemoSettings, run_demo
 
 def main(argv=None) -> None:
     defaults = DemoSettings(workdir=Path("demo_output"))
-    parser = argparse.ArgumentParser(description="Generate phantoms, plan/preprocess, fine-tune, predict and "
-                                                 "print a Dice table, through nnU-Net's stock commands.")
+    parser = argparse.ArgumentParser(
+        description="Unlabeled phantoms -> masks -> MASS pretraining -> fine-tuning with 1 and 2 labeled cases, "
+                    "from scratch and from the pretraining -> nnUNetv2_predict -> Dice tables, through nnU-Net's "
+                    "stock commands and ours, on CPU.")
     parser.add_argument("--workdir", type=Path, default=defaults.workdir,
                         help="holds nnUNet_raw/_preprocessed/_results of the demo [demo_output]")
-    parser.add_argument("--train-cases", type=int, default=defaults.train_cases)
-    parser.add_argument("--test-cases", type=int, default=defaults.test_cases)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--iterations-per-epoch", type=int, default=defaults.iterations_per_epoch)
+    parser.add_argument("--pool-cases", type=int, default=defaults.pool_cases, help="unlabeled scans")
+    parser.add_argument("--pretrain-epochs", type=int, default=defaults.pretrain_epochs)
+    parser.add_argument("--pretrain-iterations", type=int, default=defaults.pretrain_iterations,
+                        help="iterations per pretraining epoch")
+    parser.add_argument("--finetune-epochs", type=int, default=defaults.finetune_epochs)
+    parser.add_argument("--finetune-iterations", type=int, default=defaults.finetune_iterations,
+                        help="iterations per fine-tuning epoch")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     args = parser.parse_args(argv)
-    run_demo(DemoSettings(workdir=args.workdir, train_cases=args.train_cases, test_cases=args.test_cases,
-                          epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, seed=args.seed))
+    run_demo(DemoSettings(workdir=args.workdir, pool_cases=args.pool_cases, pretrain_epochs=args.pretrain_epochs,
+                          pretrain_iterations=args.pretrain_iterations, finetune_epochs=args.finetune_epochs,
+                          finetune_iterations=args.finetune_iterations, seed=args.seed))
