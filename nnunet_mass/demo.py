@@ -17,7 +17,7 @@ from nnunet_mass.stock import cpu_environment, run_stock, train_on_cpu
 MARKER = ".nnunet_mass_demo"
 CONFIGURATION = "3d_fullres"
 PRETRAIN_TRAINER = "nnUNetTrainerMASSPretrain"
-FINETUNE_TRAINER = "nnUNetTrainerMASSFinetune"
+FINETUNE_TRAINER = "nnUNetTrainerMASSFinetune_adamw"  # MASS's fine-tuning optimiser; better at few labels
 
 
 @dataclass
@@ -148,7 +148,8 @@ def low_label(settings: DemoSettings, model: Path, plans: str, env: dict, log: P
     run_stock("nnUNetv2_mass_lowlabel", [
         "-d", settings.target_id, "-p", plans, "-pretrained_weights", model / "fold_all" / "checkpoint_final.pth",
         "--cases", *settings.labeled_counts, "--seeds", settings.seed, "--test_cases", 4,
-        "--epochs", settings.finetune_epochs, "--iterations", settings.finetune_iterations, "-device", "cpu"],
+        "--epochs", settings.finetune_epochs, "--iterations", settings.finetune_iterations, "-device", "cpu",
+        "-tr", FINETUNE_TRAINER],
         env, log)
     output = (Path(env["nnUNet_results"]) / _dataset_name(settings.target_id, env)
               / f"mass_lowlabel__{FINETUNE_TRAINER}__{plans}__{CONFIGURATION}")
