@@ -183,7 +183,7 @@ def evaluate(reference_folder: Path, prediction_folder: Path, labels: dict) -> d
 
 
 def print_report(report: dict, new_scans: dict) -> None:
-    from nnunet_mass.downstream.lowlabel import format_table
+    from nnunet_mass.downstream.lowlabel_report import format_table
     from nnunet_mass.phantoms import PHANTOM_LABELS
 
     names = {str(v): k for k, v in PHANTOM_LABELS.items()}

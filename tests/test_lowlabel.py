@@ -7,8 +7,9 @@ import torch
 
 from helpers import CPU_TINY_PLANS, PRETRAINED_DATASET, copy_dataset
 from nnunet_mass.cli.lowlabel import main as lowlabel_main
-from nnunet_mass.downstream.lowlabel import (PRETRAINED, SCRATCH, aggregate, cases_from_fractions, format_table,
-                                             held_out_cases, register_folds, training_subsets)
+from nnunet_mass.downstream.lowlabel import (PRETRAINED, SCRATCH, cases_from_fractions, held_out_cases,
+                                             register_folds, training_subsets)
+from nnunet_mass.downstream.lowlabel_report import aggregate, format_table
 
 CASES = [f"case_{i:02d}" for i in range(10)]
 

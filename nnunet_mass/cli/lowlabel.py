@@ -42,7 +42,8 @@ def main(argv=None) -> None:
     args = parse(argv)
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    from nnunet_mass.downstream.lowlabel import LowLabelExperiment, format_table, low_label_study
+    from nnunet_mass.downstream.lowlabel import LowLabelExperiment, low_label_study
+    from nnunet_mass.downstream.lowlabel_report import format_table
     from nnunet_mass.training.transfer import IncompatibleWeightsError
 
     budget = {"nnUNet_MASS_num_epochs": args.epochs, "nnUNet_MASS_num_iterations_per_epoch": args.iterations}
