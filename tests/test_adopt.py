@@ -207,3 +207,16 @@ def test_two_datasets_fine_tune_from_one_bundle_with_stock_commands(mass_pretrai
              for i, (n, _, _) in targets.items()]
     assert plans[0]["configurations"]["3d_fullres"]["patch_size"] == [32, 32, 32]
     assert plans[0]["configurations"] == plans[1]["configurations"]
+
+
+def test_the_pretrainings_intensities_can_be_kept(mass_pretraining):
+    from nnunet_mass.bundles.source import open_pretrained_source
+    from nnunet_mass.bundles.target_plans import adopted_plans
+
+    source = open_pretrained_source(mass_pretraining["model_folder"])
+    fingerprint = {"foreground_intensity_properties_per_channel": {"0": {"mean": 80.0, "std": 20.0}}}
+    kept = adopted_plans(source, "Dataset155_TargetA", "P", fingerprint, "SimpleITKIO", pretraining_intensities=True)
+    assert kept["foreground_intensity_properties_per_channel"] == \
+        source.plans["foreground_intensity_properties_per_channel"]
+    targets = adopted_plans(source, "Dataset155_TargetA", "P", fingerprint, "SimpleITKIO")
+    assert targets["foreground_intensity_properties_per_channel"] == {"0": {"mean": 80.0, "std": 20.0}}

@@ -42,7 +42,7 @@ class AdoptionResult:
 
 def adopt(model, dataset, plans_name: str | None = None, num_processes: int | None = None,
           fold: str | None = None, checkpoint_name: str = DEFAULT_CHECKPOINT, overwrite: bool = False,
-          verify_dataset_integrity: bool = False) -> AdoptionResult:
+          verify_dataset_integrity: bool = False, pretraining_intensities: bool = False) -> AdoptionResult:
     """Plan and preprocess raw dataset `dataset` with the plans of `model` (bundle zip or model folder)."""
     from nnunetv2.configuration import default_num_processes
 
@@ -61,7 +61,7 @@ def adopt(model, dataset, plans_name: str | None = None, num_processes: int | No
 
     with staging_folder(folder.parent, target.name) as staging:
         staged = _prepare(source, target, plans_name, compatibility, staging, folder,
-                          num_processes or default_num_processes)
+                          num_processes or default_num_processes, pretraining_intensities)
         commit(staged, folder, _items_to_move(folder, plans_name, data_identifier))
         shutil.rmtree(staging, ignore_errors=True)
     return _report(source, target, plans_name, folder)
@@ -114,7 +114,7 @@ def nnunet_preprocessed_at(path: Path):
 
 
 def _prepare(source: PretrainedSource, target: TargetDataset, plans_name: str, compatibility: Compatibility,
-             staging: Path, folder: Path, num_processes: int) -> Path:
+             staging: Path, folder: Path, num_processes: int, pretraining_intensities: bool = False) -> Path:
     """Everything nnU-Net needs for training, written under `staging`/<dataset>; returns that folder.
     An existing fingerprint in the real `folder` is reused: nnU-Net's planner would reuse it too."""
     import json
@@ -132,7 +132,8 @@ def _prepare(source: PretrainedSource, target: TargetDataset, plans_name: str, c
             _nnunet_step("fingerprint extraction", target, lambda: api.extract_fingerprint_dataset(
                 target.dataset_id, num_processes=num_processes, verbose=False))
         fingerprint = json.loads((staged / FINGERPRINT).read_text())
-        plans = adopted_plans(source, target.name, plans_name, fingerprint, compatibility.reader_writer)
+        plans = adopted_plans(source, target.name, plans_name, fingerprint, compatibility.reader_writer,
+                              pretraining_intensities)
         (staged / f"{plans_name}.json").write_text(json.dumps(plans, indent=4))
         _nnunet_step("preprocessing", target, lambda: api.preprocess_dataset(
             target.dataset_id, plans_name, (source.configuration,), [num_processes], verbose=False))

@@ -30,7 +30,7 @@ def check_plans_name(name: str) -> None:
 
 
 def adopted_plans(source: PretrainedSource, target_name: str, plans_name: str, fingerprint: dict,
-                  reader_writer: str) -> dict:
+                  reader_writer: str, pretraining_intensities: bool = False) -> dict:
     plans = copy.deepcopy(source.plans)
     plans["dataset_name"] = target_name
     plans["plans_name"] = plans_name
@@ -39,10 +39,13 @@ def adopted_plans(source: PretrainedSource, target_name: str, plans_name: str, f
         if "data_identifier" in configuration:
             configuration["data_identifier"] = renamed_identifier(configuration["data_identifier"],
                                                                   source.plans_name, plans_name)
-    # Every channel's statistics are the target's: schemes other than CTNormalization ignore them,
-    # and keeping another dataset's numbers would only mislead whoever reads the plans.
-    plans["foreground_intensity_properties_per_channel"] = copy.deepcopy(
-        fingerprint["foreground_intensity_properties_per_channel"])
+    # By default every channel's statistics are the target's: schemes other than CTNormalization
+    # ignore them, and keeping another dataset's numbers would only mislead whoever reads the
+    # plans. But the target's come from its labeled foreground (a liver-only dataset clips to
+    # liver HU), so `pretraining_intensities` keeps the window the pretrained weights saw.
+    if not pretraining_intensities:
+        plans["foreground_intensity_properties_per_channel"] = copy.deepcopy(
+            fingerprint["foreground_intensity_properties_per_channel"])
     plans[ADOPTED_KEY] = {"dataset_name": source.dataset_name, "plans_name": source.plans_name,
                           "configuration": source.configuration, "weights": str(source.weights)}
     return plans

@@ -24,6 +24,9 @@ def main(argv=None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing plans of that name and their data")
     parser.add_argument("--verify_dataset_integrity", action="store_true",
                         help="run nnU-Net's dataset check first (as nnUNetv2_plan_and_preprocess does)")
+    parser.add_argument("--pretraining_intensities", action="store_true",
+                        help="keep the pretraining's CT intensity statistics (clip window, mean, std) instead of "
+                             "this dataset's, which nnU-Net takes from its labeled foreground only")
     args = parser.parse_args(argv)
 
     from nnunet_mass.bundles.adopt import adopt  # after --help: imports nnU-Net and torch
@@ -34,6 +37,7 @@ def main(argv=None) -> None:
     try:
         adopt(args.model, args.dataset, plans_name=args.plans_name, num_processes=args.num_processes,
               fold=args.fold, checkpoint_name=args.checkpoint, overwrite=args.overwrite,
-              verify_dataset_integrity=args.verify_dataset_integrity)
+              verify_dataset_integrity=args.verify_dataset_integrity,
+              pretraining_intensities=args.pretraining_intensities)
     except (AdoptionError, BundleError, NotAPretrainingError, FileNotFoundError) as error:
         sys.exit(f"nnUNetv2_mass_adopt: error: {error}")
