@@ -149,6 +149,17 @@ def test_keep_largest_components_leaves_other_labels_alone():
     assert kept[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 2, 2]
 
 
+def test_a_reference_smaller_than_the_window_is_zero_padded(model, raw, tmp_path):
+    box = (slice(10, 30), slice(10, 30), slice(10, 30))  # 20^3 voxels, the window is 32^3
+    small_image, small_mask = tmp_path / "small_0000.nii.gz", tmp_path / "small.nii.gz"
+    crop_image(image(raw, "phantom_000"), small_image, box)
+    crop_image(labels(raw, "phantom_000"), small_mask, box)
+    present = sorted(int(v) for v in np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(small_mask)))) if v > 0)
+    segmenter = InContextSegmenter(model)
+    assert segmenter.add_reference(small_image, small_mask) == present
+    assert segmenter.task_tokens().shape[1] == len(present)
+
+
 def test_bad_references_are_refused_naming_the_file(model, raw, tmp_path):
     segmenter = InContextSegmenter(model)
     mask = labels(raw, "phantom_000")

@@ -233,13 +233,12 @@ class InContextSegmenter:
     @torch.no_grad()
     def _encode_label(self, data: np.ndarray, mask: np.ndarray, label: int, mask_file: str) -> torch.Tensor:
         """Task tokens (1, 1, stages, T, d) of one label, from a window centred on it."""
-        from acvl_utils.cropping_and_padding.padding import pad_nd_image
+        from nnunet_mass.downstream.features import pad_to_patch
 
         if not mask.any():
             raise InContextInputError(f"{mask_file}: label {label} vanishes when resampled to the model's spacing "
                                       f"{self.model.configuration_manager.spacing} mm; give a larger structure")
-        data = pad_nd_image(data, self.window, "constant", {"value": 0})
-        mask = pad_nd_image(mask, self.window, "constant", {"value": False})
+        data, mask = pad_to_patch(data, self.window), pad_to_patch(mask, self.window)
         box = window_around(mask, self.window)
         image = torch.from_numpy(np.ascontiguousarray(data[(slice(None), *box)]))[None].float()  # (1, C, *W)
         masks = torch.from_numpy(np.ascontiguousarray(mask[box]))[None, None].float()  # (1, 1, *W)
