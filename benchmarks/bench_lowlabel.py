@@ -38,11 +38,12 @@ def main(argv=None) -> None:
     checkpoint = model_checkpoint(args.model, args.fold)
     env = cpu_environment(args.workdir, {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})
     log = args.workdir / "bench_commands.log"
-    plans = f"{args.model.name.split('__')[1]}_MASS{args.model.parent.name[len('Dataset'):][:3]}"
+    plans = f"nnUNetPlans_MASS_{args.model.parent.name}"  # the target's copy of the pretraining's plans
     if not (Path(env["nnUNet_preprocessed"]) / f"Dataset{TARGET_ID}_LowLabelPhantoms" / f"{plans}.json").is_file():
         write_phantom_dataset(env["nnUNet_raw"], TARGET_ID, "LowLabelPhantoms", args.labeled, seed=4321,
                               overwrite=True)
-        run_stock("nnUNetv2_mass_adopt", ["-m", args.model, "-d", TARGET_ID, "-np", 2], env, log)
+        run_stock("nnUNetv2_mass_adopt", ["-m", args.model, "-d", TARGET_ID, "-np", 2, "--plans_name", plans],
+                  env, log)
     run_stock("nnUNetv2_mass_lowlabel", [
         "-d", TARGET_ID, "-p", plans, "-pretrained_weights", checkpoint, "--cases", *args.cases,
         "--seeds", *args.seeds, "--test_cases", 4, "--epochs", args.epochs, "--iterations", args.iterations,

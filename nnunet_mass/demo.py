@@ -17,6 +17,7 @@ from nnunet_mass.stock import cpu_environment, run_stock, train_on_cpu
 MARKER = ".nnunet_mass_demo"
 CONFIGURATION = "3d_fullres"
 PRETRAIN_TRAINER = "nnUNetTrainerMASSPretrain"
+ADOPTED_PLANS = "nnUNetPlans_MASSDemo"  # the labeled dataset's copy of the pretraining's plans
 FINETUNE_TRAINER = "nnUNetTrainerMASSFinetune_adamw"  # MASS's fine-tuning optimiser; better at few labels
 
 
@@ -140,8 +141,9 @@ def adopt_target(settings: DemoSettings, model: Path, env: dict, log: Path) -> s
 
     write_phantom_dataset(env["nnUNet_raw"], settings.target_id, "PhantomCT", settings.labeled_cases,
                           seed=settings.seed + 1000)
-    run_stock("nnUNetv2_mass_adopt", ["-m", model, "-d", settings.target_id, "-np", 2], env, log)
-    return f"{model.name.split('__')[1]}_MASS{settings.pool_id:03d}"
+    run_stock("nnUNetv2_mass_adopt", ["-m", model, "-d", settings.target_id, "-np", 2,
+                                      "--plans_name", ADOPTED_PLANS], env, log)
+    return ADOPTED_PLANS
 
 
 def low_label(settings: DemoSettings, model: Path, plans: str, env: dict, log: Path) -> dict:

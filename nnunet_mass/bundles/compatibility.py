@@ -36,7 +36,8 @@ class Compatibility:
 def load_target(dataset) -> TargetDataset:
     """The raw dataset `dataset` (id or name) in $nnUNet_raw."""
     from nnunetv2.paths import nnUNet_raw
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.dataset_name_id_conversion import (convert_dataset_name_to_id,
+                                                               maybe_convert_to_dataset_name)
 
     if not nnUNet_raw.is_set():
         raise AdoptionError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw")
@@ -51,7 +52,7 @@ def load_target(dataset) -> TargetDataset:
         dataset_json = json.loads((folder / "dataset.json").read_text())
     except ValueError as error:
         raise AdoptionError(f"{folder / 'dataset.json'} is not valid JSON: {error}") from None
-    return TargetDataset(int(name[len("Dataset"):len("Dataset") + 3]), name, folder, dataset_json)
+    return TargetDataset(convert_dataset_name_to_id(name), name, folder, dataset_json)
 
 
 def check_compatibility(source: PretrainedSource, target: TargetDataset) -> Compatibility:

@@ -59,7 +59,9 @@ def _warn_about_id_clashes(dataset_name: str) -> None:
 
     Using the model by path still works, so this warns instead of refusing.
     """
-    dataset_id = int(dataset_name[len("Dataset"):len("Dataset") + 3])
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
+
+    dataset_id = convert_dataset_name_to_id(dataset_name)
     for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         if not os.environ.get(variable):
             continue

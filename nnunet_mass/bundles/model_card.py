@@ -7,6 +7,7 @@ the checkpoint's `mass` metadata (iterations, K, crop size) and validation/summa
 """
 from collections import Counter
 
+from nnunet_mass.bundles.compatibility import channel_names
 from nnunet_mass.unlabeled.pool import SOURCES_KEY
 
 
@@ -32,8 +33,8 @@ def model_card(identity: dict, dataset_json: dict, plans: dict, metadata: dict, 
 
 
 def _data_lines(dataset_json: dict) -> list[str]:
-    channels = dataset_json.get("channel_names", dataset_json.get("modality", {}))
-    lines = [f"- channels: {', '.join(f'{k}: {v}' for k, v in sorted(channels.items(), key=lambda i: int(i[0])))}"]
+    channels = channel_names(dataset_json)
+    lines = [f"- channels: {', '.join(f'{index}: {name}' for index, name in enumerate(channels))}"]
     sources = dataset_json.get(SOURCES_KEY)
     if sources:
         counts = Counter(sources.values())

@@ -20,7 +20,9 @@ _PLANS_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 def default_plans_name(source: PretrainedSource) -> str:
     """<pretraining plans>_MASS<pretraining dataset id>: never a plans name the target's own planner writes."""
-    return f"{source.plans_name}_MASS{source.dataset_name[len('Dataset'):len('Dataset') + 3]}"
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
+
+    return f"{source.plans_name}_MASS{convert_dataset_name_to_id(source.dataset_name):03d}"
 
 
 def check_plans_name(name: str) -> None:

@@ -181,9 +181,9 @@ def run_experiment(experiment: LowLabelExperiment, runs: Sequence[LowLabelRun], 
 def check_weights_fit(experiment: LowLabelExperiment, preprocessed: Path) -> None:
     """Refuse, before any training, weights that are unreadable or whose encoder does not fit the plans' network."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+    from nnunet_mass.networks.backbone import build_plans_backbone
     from nnunet_mass.training.transfer import (TRANSFER_PARTS, IncompatibleWeightsError, dimensionality_problem,
                                                read_network_weights, transfer_problems)
 
@@ -191,12 +191,8 @@ def check_weights_fit(experiment: LowLabelExperiment, preprocessed: Path) -> Non
     plans = PlansManager(str(preprocessed / f"{experiment.plans}.json"))
     configuration = plans.get_configuration(experiment.configuration)
     dataset_json = load_json(str(preprocessed / "dataset.json"))
-    network = get_network_from_plans(configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
-                                     configuration.network_arch_init_kwargs_req_import,
-                                     len(dataset_json["channel_names"]),
-                                     plans.get_label_manager(dataset_json).num_segmentation_heads,
-                                     allow_init=False, deep_supervision=False)
-    target = network.state_dict()
+    # only encoder keys are checked, so the class count (the segmentation layers) does not matter
+    target = build_plans_backbone(plans, configuration, len(dataset_json["channel_names"])).state_dict()
     problem = dimensionality_problem(target, pretrained)
     problems = [problem] if problem else transfer_problems(target, pretrained, TRANSFER_PARTS["encoder"])
     if problems:
