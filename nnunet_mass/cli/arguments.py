@@ -12,6 +12,16 @@ def add_raw_dataset_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip cases whose body mask is smaller than this, in ml (default: 50)")
 
 
+def add_pretrained_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """-m/-f/-chk naming a MASS pretraining checkpoint, as nnUNetv2_predict names a model."""
+    parser.add_argument("-m", dest="model_folder", required=True,
+                        help="MASS pretraining model folder (nnUNet_results/DatasetXXX/"
+                             "nnUNetTrainerMASSPretrain__<plans>__<configuration>)")
+    parser.add_argument("-f", dest="fold", default=None, help="fold [fold_all if present, else the only fold]")
+    parser.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth",
+                        help="checkpoint file name [checkpoint_final.pth]")
+
+
 def add_preprocessed_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """-d/-c/-p naming a preprocessed configuration, as nnU-Net's own commands do."""
     parser.add_argument("-d", dest="dataset", required=True, help="dataset id or name, e.g. 101 or Dataset101_X")

@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from nnunet_mass.cli.incontext import add_model_arguments
+from nnunet_mass.cli.incontext import add_model_arguments, checked_device
 
 
 def main(argv=None) -> None:
@@ -23,23 +23,17 @@ def main(argv=None) -> None:
                         help="evaluate only these label values [every foreground label of dataset.json]")
     parser.add_argument("--hd95", action="store_true", help="also compute HD95 (mm)")
     args = parser.parse_args(argv)
-    if not 0 < args.step_size <= 1:
-        parser.error("-step_size must be in (0, 1]")
     ks = args.ks or [1]
     if min(ks) < 1:
         parser.error("-k must be >= 1")
-
-    import torch
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("-device cuda: no CUDA GPU is available here; use -device cpu")
+    device = checked_device(parser, args)
     from nnunet_mass.downstream.evaluate_incontext import EvaluationError, evaluate_incontext
     from nnunet_mass.downstream.incontext import InContextInputError
     from nnunet_mass.downstream.model import NotAPretrainingError
 
     try:
         evaluate_incontext(args.model_folder, args.dataset, ks, args.seed, args.output_folder, args.labels,
-                           args.fold, args.checkpoint, torch.device(args.device), args.step_size,
+                           args.fold, args.checkpoint, device, args.step_size,
                            args.largest_component, args.hd95)
     except (EvaluationError, InContextInputError, NotAPretrainingError, FileNotFoundError) as error:
         sys.exit(f"nnUNetv2_mass_evaluate_incontext: error: {error}")

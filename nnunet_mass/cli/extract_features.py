@@ -2,6 +2,8 @@
 import argparse
 import sys
 
+from nnunet_mass.cli.arguments import add_pretrained_model_arguments
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
@@ -9,13 +11,9 @@ def main(argv=None) -> None:
                     "CASE_0000<file ending>, one file per channel) and write the pooled features to an .npz "
                     "for nnUNetv2_mass_probe. Images are preprocessed with the model's plans and tiled like "
                     "nnUNetv2_predict.")
-    parser.add_argument("-m", dest="model_folder", required=True,
-                        help="pretraining model folder (nnUNet_results/DatasetXXX/<trainer>__<plans>__<config>)")
+    add_pretrained_model_arguments(parser)
     parser.add_argument("-i", dest="input_folder", required=True, help="folder of images")
     parser.add_argument("-o", dest="output", required=True, help="features file to write, e.g. features.npz")
-    parser.add_argument("-f", dest="fold", default=None, help="fold of the model [fold_all, else the only fold]")
-    parser.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth",
-                        help="checkpoint name [checkpoint_final.pth]")
     parser.add_argument("--stages", choices=("deepest", "all"), default="deepest",
                         help="average the bottleneck only, or concatenate every stage's average [deepest]")
     parser.add_argument("--tokens", action="store_true",

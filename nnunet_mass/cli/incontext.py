@@ -2,21 +2,29 @@
 import argparse
 import sys
 
+from nnunet_mass.cli.arguments import add_pretrained_model_arguments
+
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """-m/-f/-chk/-device/-step_size, as nnUNetv2_predict names them."""
-    parser.add_argument("-m", dest="model_folder", required=True,
-                        help="MASS pretraining model folder (nnUNet_results/DatasetXXX/"
-                             "nnUNetTrainerMASSPretrain__<plans>__<configuration>)")
-    parser.add_argument("-f", dest="fold", default=None, help="fold [fold_all if present, else the only fold]")
-    parser.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth",
-                        help="checkpoint file name [checkpoint_final.pth]")
+    add_pretrained_model_arguments(parser)
     parser.add_argument("-device", dest="device", default="cuda", choices=("cuda", "cpu", "mps"),
                         help="device [cuda]")
     parser.add_argument("-step_size", dest="step_size", type=float, default=0.5,
                         help="sliding-window step as a fraction of the window [0.5]")
     parser.add_argument("--largest_component", action="store_true",
                         help="keep only the largest connected component of each label")
+
+
+def checked_device(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The torch device of -device, after checking -step_size and that a CUDA GPU exists when asked for."""
+    if not 0 < args.step_size <= 1:
+        parser.error("-step_size must be in (0, 1]")
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("-device cuda: no CUDA GPU is available here; use -device cpu")
+    return torch.device(args.device)
 
 
 def main(argv=None) -> None:
@@ -40,19 +48,13 @@ def main(argv=None) -> None:
     parser.add_argument("--save_probabilities", action="store_true",
                         help="also write <CASE>.npz (probabilities, one channel per label, and labels) and <CASE>.pkl")
     args = parser.parse_args(argv)
-    if not 0 < args.step_size <= 1:
-        parser.error("-step_size must be in (0, 1]")
-
-    import torch
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("-device cuda: no CUDA GPU is available here; use -device cpu")
+    device = checked_device(parser, args)
     from nnunet_mass.downstream.incontext import InContextInputError, InContextSegmenter
     from nnunet_mass.downstream.model import NotAPretrainingError, load_pretrained_model
 
     try:
-        model = load_pretrained_model(args.model_folder, args.fold, args.checkpoint, torch.device(args.device))
-        segmenter = InContextSegmenter(model, torch.device(args.device), args.step_size, args.largest_component)
+        model = load_pretrained_model(args.model_folder, args.fold, args.checkpoint, device)
+        segmenter = InContextSegmenter(model, device, args.step_size, args.largest_component)
         for images, mask in args.references:  # every label is encoded; --labels chooses at prediction
             segmenter.add_reference(images.split(","), mask)
         written = segmenter.predict_folder(args.inputs, args.output_folder, args.labels, args.save_probabilities,
