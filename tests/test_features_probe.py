@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from nnunet_mass.downstream import probe as probes
+from nnunet_mass.downstream.cases import image_cases
 from nnunet_mass.downstream.features import (CaseFeatures, PoolingSettings, encode_case, extract_features,
-                                             find_cases, load_features, pad_to_patch, save_features, tile_slicers)
+                                             load_features, pad_to_patch, save_features, tile_slicers)
 from nnunet_mass.downstream.model import load_pretrained_model
 
 
@@ -20,7 +21,7 @@ def model(mass_pretraining):
 
 @pytest.fixture(scope="module")
 def two_cases(mass_pretraining, model):
-    cases = find_cases(mass_pretraining["raw"] / "imagesTr", model.dataset_json["file_ending"], 1)
+    cases = image_cases(mass_pretraining["raw"] / "imagesTr", model.dataset_json["file_ending"], 1)
     return {case: cases[case] for case in sorted(cases)[:2]}
 
 
@@ -102,13 +103,6 @@ def test_features_file_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.features, features.features)
     assert all(np.array_equal(a, b) for a, b in zip(loaded.tokens, features.tokens))
 
-
-def test_find_cases_names_the_missing_images(tmp_path):
-    with pytest.raises(FileNotFoundError, match="CASE_0000.nii.gz"):
-        find_cases(tmp_path, ".nii.gz", 1)
-    (tmp_path / "a_0000.nii.gz").touch()
-    with pytest.raises(ValueError, match="case a has 1 channel"):
-        find_cases(tmp_path, ".nii.gz", 2)
 
 
 # --- probes ---------------------------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ from torch import nn
 
 from helpers import crop_image
 from nnunet_mass.cli.incontext import main as incontext_main
+from nnunet_mass.downstream.cases import image_cases
 from nnunet_mass.downstream.incontext import (InContextInputError, InContextSegmenter, combine_tasks,
-                                              keep_largest_components, query_cases)
+                                              keep_largest_components)
 from nnunet_mass.downstream.model import load_pretrained_model
 
 # A query of another geometry than the phantoms (2.0, 2.0, 2.5 mm): nnU-Net resamples it to the
@@ -196,15 +197,25 @@ def test_queries_need_references_and_known_labels(liver_and_kidney, model, query
         liver_and_kidney.segment([query, query])
 
 
-def test_query_cases_follow_nnunet_naming(tmp_path):
+def test_image_cases_follow_nnunet_naming(tmp_path):
     for name in ("a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz", "b_0001.nii.gz", "notes.txt"):
         (tmp_path / name).touch()
-    cases = query_cases(tmp_path, ".nii.gz", 2)
+    cases = image_cases(tmp_path, ".nii.gz", 2)
     assert {case: [f.split("/")[-1] for f in files] for case, files in cases.items()} == {
         "a": ["a_0000.nii.gz", "a_0001.nii.gz"], "b": ["b_0000.nii.gz", "b_0001.nii.gz"]}
-    assert list(query_cases([tmp_path / "scan.nii.gz"], ".nii.gz", 1)) == ["scan"]
-    with pytest.raises(InContextInputError, match=r"case a has 2 image file\(s\)"):
-        query_cases(tmp_path, ".nii.gz", 1)
+    with pytest.raises(ValueError, match=r"case a has 2 image file\(s\)"):
+        image_cases(tmp_path, ".nii.gz", 1)
+
+
+def test_image_cases_take_files_and_name_what_is_missing(tmp_path):
+    (tmp_path / "scan.nii.gz").touch()
+    (tmp_path / "b_0000.nii.gz").touch()
+    assert list(image_cases([tmp_path / "scan.nii.gz", tmp_path / "b_0000.nii.gz"], ".nii.gz", 1)) == ["b", "scan"]
+    with pytest.raises(FileNotFoundError, match="absent.nii.gz"):
+        image_cases([tmp_path / "absent.nii.gz"], ".nii.gz", 1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="CASE_0000.nii.gz"):
+        image_cases(tmp_path / "empty", ".nii.gz", 1)
 
 
 def test_command_line_segments_a_folder(mass_pretraining, raw, query, tmp_path):

@@ -26,14 +26,15 @@ def main(argv=None) -> None:
 
     import torch
 
-    from nnunet_mass.downstream.features import PoolingSettings, extract_features, find_cases, save_features
+    from nnunet_mass.downstream.cases import image_cases
+    from nnunet_mass.downstream.features import PoolingSettings, extract_features, save_features
     from nnunet_mass.downstream.model import NotAPretrainingError, load_pretrained_model
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         settings = PoolingSettings(args.stages, args.tokens, args.step_size, args.batch_size)
         model = load_pretrained_model(args.model_folder, args.fold, args.checkpoint, device)
-        cases = find_cases(args.input_folder, model.dataset_json["file_ending"], model.num_input_channels)
+        cases = image_cases(args.input_folder, model.dataset_json["file_ending"], model.num_input_channels)
     except (NotAPretrainingError, FileNotFoundError, ValueError) as error:
         sys.exit(f"nnUNetv2_mass_extract_features: error: {error}")
     features = extract_features(model, cases, settings, device)

@@ -49,6 +49,7 @@ def main(argv=None) -> None:
                         help="also write <CASE>.npz (probabilities, one channel per label, and labels) and <CASE>.pkl")
     args = parser.parse_args(argv)
     device = checked_device(parser, args)
+    from nnunet_mass.downstream.cases import CaseNamingError
     from nnunet_mass.downstream.incontext import InContextInputError, InContextSegmenter
     from nnunet_mass.downstream.model import NotAPretrainingError, load_pretrained_model
 
@@ -59,7 +60,7 @@ def main(argv=None) -> None:
             segmenter.add_reference(images.split(","), mask)
         written = segmenter.predict_folder(args.inputs, args.output_folder, args.labels, args.save_probabilities,
                                            args.file_ending)
-    except (InContextInputError, NotAPretrainingError, FileNotFoundError) as error:
+    except (InContextInputError, CaseNamingError, NotAPretrainingError, FileNotFoundError) as error:
         sys.exit(f"nnUNetv2_mass_incontext: error: {error}")
     print(f"{len(written)} case(s) segmented with labels {segmenter.labels if args.labels is None else args.labels} "
           f"into {args.output_folder}")

@@ -68,25 +68,6 @@ def encoder_id(network: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def find_cases(folder, file_ending: str, num_channels: int) -> Dict[str, List[str]]:
-    """{case: [channel files]} of a folder named as nnU-Net expects (CASE_0000<file_ending>, ...)."""
-    from nnunetv2.utilities.utils import create_paths_fn, get_identifiers_from_splitted_dataset_folder
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"No input folder {folder}")
-    identifiers = get_identifiers_from_splitted_dataset_folder(str(folder), file_ending)
-    if len(identifiers) == 0:
-        raise FileNotFoundError(f"{folder} holds no images named CASE_0000{file_ending} (the model's file ending)")
-    files = sorted(p.name for p in folder.iterdir())
-    cases = {str(case): create_paths_fn(str(folder), files, file_ending, case) for case in identifiers}
-    for case, paths in cases.items():
-        if len(paths) != num_channels:
-            raise ValueError(f"{folder}: case {case} has {len(paths)} channel file(s), the model expects "
-                             f"{num_channels} ({case}_0000{file_ending} ...)")
-    return cases
-
-
 def preprocess_case(model, image_files: Sequence[str]) -> np.ndarray:
     """(C, *S) float32: the case as nnU-Net preprocesses it for this model's plans (transposed, cropped, resampled,
     normalised)."""

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnunet_mass.downstream.cases import PathLike, as_file_list, image_cases
 from nnunet_mass.downstream.model import PretrainedModel
 
-PathLike = Union[str, Path]
 FOREGROUND_THRESHOLD = 0.5
 
 
@@ -57,13 +57,6 @@ class TaskConditionedNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, *S) -> logits (B, K, *S)"""
         return self.network.segment(x, self.tokens.expand(x.shape[0], *self.tokens.shape[1:]))
-
-
-def as_file_list(files: Union[PathLike, Sequence[PathLike]]) -> List[str]:
-    """One file or several (the channels of one case) as a list of strings."""
-    if isinstance(files, (str, Path)):
-        return [str(files)]
-    return [str(f) for f in files]
 
 
 def geometry_differences(image_properties: dict, mask_properties: dict) -> List[str]:
@@ -215,7 +208,7 @@ class InContextSegmenter:
         from tqdm import tqdm
 
         file_ending = file_ending or self.model.dataset_json["file_ending"]
-        cases = query_cases(inputs, file_ending, self.model.num_input_channels)
+        cases = image_cases(inputs, file_ending, self.model.num_input_channels)
         return [self.predict_to_file(files, Path(output_folder) / case, labels, save_probabilities, file_ending)
                 for case, files in tqdm(cases.items(), desc="in-context segmentation", disable=len(cases) < 2)]
 
@@ -318,38 +311,6 @@ def _chosen_labels(seg: np.ndarray, labels: Optional[Sequence[int]], mask_file: 
     if absent:
         raise InContextInputError(f"reference mask {mask_file} holds labels {present}, not {absent}")
     return sorted(set(int(label) for label in labels))
-
-
-def query_cases(inputs: Union[PathLike, Sequence[PathLike]], file_ending: str, num_channels: int) -> Dict[str, list]:
-    """{case: [channel files]} from a folder with nnU-Net naming (CASE_XXXX<file_ending>) or from files:
-    files named CASE_XXXX<file_ending> are grouped by CASE, any other file is a one-channel case."""
-    import re
-
-    inputs = as_file_list(inputs)
-    if len(inputs) == 1 and Path(inputs[0]).is_dir():
-        folder = Path(inputs[0])
-        inputs = sorted(str(p) for p in folder.iterdir() if p.name.endswith(file_ending))
-        if not inputs:
-            raise FileNotFoundError(f"no *{file_ending} images in {folder} (nnU-Net naming: CASE_0000{file_ending})")
-    channel_name = re.compile(r"(.+)_\d{4}" + re.escape(file_ending))
-    cases: Dict[str, list] = {}
-    for file in inputs:
-        name = Path(file).name
-        match = channel_name.fullmatch(name)
-        case = match.group(1) if match else _strip_ending(name, file_ending)
-        cases.setdefault(case, []).append(file)
-    wrong = {case: files for case, files in cases.items() if len(files) != num_channels}
-    if wrong:
-        case, files = next(iter(wrong.items()))
-        raise InContextInputError(f"case {case} has {len(files)} image file(s) ({', '.join(files)}); the model "
-                                  f"expects {num_channels} channel(s) named {case}_0000{file_ending}, ...")
-    return {case: sorted(files) for case, files in sorted(cases.items())}
-
-
-def _strip_ending(name: str, file_ending: str) -> str:
-    if name.endswith(file_ending):
-        return name[:-len(file_ending)]
-    return name.split(".")[0]
 
 
 def untrained_copy(model: PretrainedModel, seed: int = 0) -> PretrainedModel:
