@@ -8,11 +8,11 @@ The labels do not matter: the segmentation layers start fresh.
 import contextlib
 import copy
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnunet_mass.bundles.source import PretrainedSource
+from nnunet_mass.raw_datasets import RawDatasetError, find_raw_dataset
 
 
 class AdoptionError(RuntimeError):
@@ -35,24 +35,13 @@ class Compatibility:
 
 def load_target(dataset) -> TargetDataset:
     """The raw dataset `dataset` (id or name) in $nnUNet_raw."""
-    from nnunetv2.paths import nnUNet_raw
-    from nnunetv2.utilities.dataset_name_id_conversion import (convert_dataset_name_to_id,
-                                                               maybe_convert_to_dataset_name)
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
 
-    if not nnUNet_raw.is_set():
-        raise AdoptionError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw")
     try:
-        name = maybe_convert_to_dataset_name(dataset)
-    except (RuntimeError, ValueError) as error:
-        raise AdoptionError(f"dataset {dataset} not found: {error}") from None
-    folder = Path(nnUNet_raw.get()) / name
-    if not (folder / "dataset.json").is_file():
-        raise AdoptionError(f"{folder / 'dataset.json'} not found: adoption needs the raw dataset in nnUNet_raw")
-    try:
-        dataset_json = json.loads((folder / "dataset.json").read_text())
-    except ValueError as error:
-        raise AdoptionError(f"{folder / 'dataset.json'} is not valid JSON: {error}") from None
-    return TargetDataset(convert_dataset_name_to_id(name), name, folder, dataset_json)
+        raw = find_raw_dataset(dataset)
+    except RawDatasetError as error:
+        raise AdoptionError(f"{error}; adoption needs the raw dataset in nnUNet_raw") from None
+    return TargetDataset(convert_dataset_name_to_id(raw.name), raw.name, raw.folder, raw.dataset_json)
 
 
 def check_compatibility(source: PretrainedSource, target: TargetDataset) -> Compatibility:

@@ -12,7 +12,6 @@ false positive in a case without the label scores 0, as in nnU-Net's evaluation)
 HD95 (optional) is the 95th percentile of the symmetric surface distances in millimetres.
 """
 import json
-import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -21,6 +20,7 @@ import torch
 
 from nnunet_mass.downstream.incontext import InContextSegmenter
 from nnunet_mass.downstream.model import DEFAULT_CHECKPOINT, PretrainedModel, load_pretrained_model
+from nnunet_mass.raw_datasets import RawDatasetError, find_raw_dataset
 
 SUMMARY_FILE = "summary.json"
 
@@ -31,17 +31,12 @@ class EvaluationError(ValueError):
 
 def raw_dataset_folder(dataset: Union[str, int, Path]) -> Path:
     """An nnU-Net raw dataset by id or name (in $nnUNet_raw), or by its folder path."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
     if Path(str(dataset)).is_dir():
         return Path(str(dataset))
-    if not os.environ.get("nnUNet_raw"):
-        raise EvaluationError(f"dataset {dataset}: nnUNet_raw is not set (export nnUNet_raw=/path/to/nnUNet_raw, "
-                              "or give the dataset's folder)")
     try:
-        return Path(os.environ["nnUNet_raw"]) / maybe_convert_to_dataset_name(dataset)
-    except (RuntimeError, ValueError) as error:
-        raise EvaluationError(f"no raw dataset {dataset} in nnUNet_raw: {error}") from None
+        return find_raw_dataset(dataset).folder
+    except RawDatasetError as error:
+        raise EvaluationError(f"{error} (or give the dataset's folder)") from None
 
 
 def labeled_cases(raw_folder: Path, dataset_json: dict) -> Dict[str, dict]:

@@ -16,7 +16,6 @@ one raw dataset planned once, whose plans are then moved to each fine-tuning dat
 The dataset is built in a hidden staging folder and renamed into place at the end, with
 the same guarantees as `prepare_unlabeled_dataset`.
 """
-import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_mass.parallel import case_mapper
+from nnunet_mass.raw_datasets import RawDatasetError, find_raw_dataset
 from nnunet_mass.unlabeled import prepare
 from nnunet_mass.unlabeled.inputs import IMAGE_EXTENSIONS, CaseFiles, discover_cases, grid_mismatch
 from nnunet_mass.unlabeled.prepare import FILE_ENDING, LABELS, PreparationError
@@ -116,18 +116,12 @@ def pool_datasets(sources, dataset_id: int, name: str, channel_names: list[str] 
 
 def load_source(raw_root: Path, dataset_name_or_id) -> SourceDataset:
     """The raw dataset `dataset_name_or_id` (an id like 11 or a name like Dataset011_X) of `raw_root`."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name  # heavy import
-
     try:
-        dataset_name = str(maybe_convert_to_dataset_name(dataset_name_or_id))
-    except (RuntimeError, ValueError) as error:
-        raise PreparationError(f"source dataset {dataset_name_or_id} not found: {error}") from None
-    folder = raw_root / dataset_name
-    json_file = folder / "dataset.json"
-    if not json_file.is_file():
-        raise PreparationError(f"source {dataset_name}: {json_file} not found (is it in nnUNet_raw={raw_root}?)")
+        raw = find_raw_dataset(dataset_name_or_id, raw_root)
+    except RawDatasetError as error:
+        raise PreparationError(f"source {dataset_name_or_id}: {error}") from None
+    dataset_name, folder, content, json_file = raw.name, raw.folder, raw.dataset_json, raw.folder / "dataset.json"
     try:
-        content = json.loads(json_file.read_text())
         names = content.get("channel_names", content.get("modality"))
         channel_names = tuple(str(names[key]) for key in sorted(names, key=int))
         file_ending = content["file_ending"]
