@@ -14,7 +14,8 @@ import torch
 from nnunet_mass import __version__
 from nnunet_mass.bundles.bundle import BundleError, load_checkpoint_bytes, write_bundle
 from nnunet_mass.bundles.model_card import model_card
-from nnunet_mass.downstream.model import DEFAULT_CHECKPOINT, model_checkpoint
+from nnunet_mass.downstream.model import (DEFAULT_CHECKPOINT, NotAPretrainingError, load_pretraining_checkpoint,
+                                          model_checkpoint)
 from nnunet_mass.training import checkpoints
 
 KEPT_CHECKPOINT_KEYS = ("network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes",
@@ -41,10 +42,10 @@ def export_pretrained(model_folder, output_file, fold: str | None = None,
     """Write the bundle of `model_folder`'s `fold` (default: fold_all or the only fold) to `output_file`."""
     folder = Path(model_folder)
     checkpoint_file = model_checkpoint(folder, fold, checkpoint_name)
-    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
-    if not isinstance(checkpoint, dict) or checkpoints.MASS_KEY not in checkpoint:
-        raise BundleError(f"{checkpoint_file} is not a MASS pretraining checkpoint (no '{checkpoints.MASS_KEY}' "
-                          f"entry); share a stock nnU-Net model with nnUNetv2_export_model_to_zip")
+    try:
+        checkpoint = load_pretraining_checkpoint(checkpoint_file)
+    except NotAPretrainingError as error:
+        raise BundleError(f"{error}; share a stock nnU-Net model with nnUNetv2_export_model_to_zip") from None
     fold_folder = checkpoint_file.parent.name
     plans = json.loads((folder / "plans.json").read_text())
     dataset_json = json.loads((folder / "dataset.json").read_text())

@@ -62,6 +62,16 @@ def model_checkpoint(model_folder: Union[str, Path], fold: Optional[str] = None,
     return checkpoint
 
 
+def load_pretraining_checkpoint(checkpoint_file: Path) -> dict:
+    """The checkpoint dict of a MASS pretraining; NotAPretrainingError for any other checkpoint."""
+    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict) or checkpoints.MASS_KEY not in checkpoint:
+        raise NotAPretrainingError(
+            f"{checkpoint_file} is not a MASS pretraining checkpoint (no '{checkpoints.MASS_KEY}' entry): "
+            "this needs a model trained with nnUNetTrainerMASSPretrain")
+    return checkpoint
+
+
 def load_pretrained_model(model_folder: Union[str, Path], fold: Optional[str] = None,
                           checkpoint_name: str = DEFAULT_CHECKPOINT,
                           device: torch.device = torch.device("cpu")) -> PretrainedModel:
@@ -69,11 +79,7 @@ def load_pretrained_model(model_folder: Union[str, Path], fold: Optional[str] = 
     from nnunet_mass.networks.incontext import build_incontext_network
 
     checkpoint_file = model_checkpoint(model_folder, fold, checkpoint_name)
-    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
-    if not isinstance(checkpoint, dict) or checkpoints.MASS_KEY not in checkpoint:
-        raise NotAPretrainingError(
-            f"{checkpoint_file} is not a MASS pretraining checkpoint (no '{checkpoints.MASS_KEY}' entry); "
-            "in-context segmentation and feature extraction need a model trained with nnUNetTrainerMASSPretrain")
+    checkpoint = load_pretraining_checkpoint(checkpoint_file)
     folder = Path(model_folder)
     dataset_json = load_json(str(folder / "dataset.json"))
     plans_manager = PlansManager(str(folder / "plans.json"))
