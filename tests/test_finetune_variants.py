@@ -35,6 +35,25 @@ def test_schedule_length_and_optimiser_come_from_the_variant_name(dataset, monke
     assert isinstance(make_trainer("nnUNetTrainerMASSFinetune").optimizer, torch.optim.SGD)
 
 
+def test_adamw_encoder_only_transfers_the_encoder_alone(dataset, monkeypatch):
+    import nnunetv2.run.run_training as run_training
+
+    from nnunet_mass.training.transfer import plain_state
+
+    # initialize() routes nnU-Net's weight loading through ours; undo that after the test
+    monkeypatch.setattr(run_training, "load_pretrained_weights", run_training.load_pretrained_weights)
+    trainer = make_trainer("nnUNetTrainerMASSFinetune_adamw_encoderOnly")
+    assert isinstance(trainer.optimizer, torch.optim.AdamW) and trainer.initial_lr == 5e-4
+    fresh_decoder = {k: v.clone() for k, v in trainer.network.decoder.state_dict().items() if "encoder." not in k}
+    run_training.load_pretrained_weights(trainer.network, str(dataset["checkpoint"]), verbose=False)
+    pretrained = plain_state(torch.load(dataset["checkpoint"], map_location="cpu", weights_only=False)["network_weights"])
+    assert all(torch.equal(v, pretrained[f"encoder.{k}"]) for k, v in trainer.network.encoder.state_dict().items())
+    decoder = trainer.network.decoder.state_dict()
+    assert all(torch.equal(v, decoder[k]) for k, v in fresh_decoder.items())
+    assert any(not torch.equal(v, pretrained[f"decoder.{k}"]) for k, v in fresh_decoder.items())
+    assert not make_trainer("nnUNetTrainerMASSFinetune_adamw_encoderOnly_scratch").accepts_pretrained_weights
+
+
 def test_pretrained_layers_learn_at_a_tenth_of_the_new_layers_rate(dataset):
     trainer = make_trainer("nnUNetTrainerMASSFinetune_lowerPretrainedLR")
     trainer.lr_scheduler.step(3)

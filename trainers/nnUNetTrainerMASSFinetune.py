@@ -34,6 +34,12 @@ class nnUNetTrainerMASSFinetune_encoderOnly(nnUNetTrainerMASSFinetune):
     transferred_parts = "encoder"
 
 
+class nnUNetTrainerMASSFinetune_adamw_encoderOnly(nnUNetTrainerMASSFinetune_encoderOnly, nnUNetTrainerMASSFinetune_adamw):
+    """AdamW with only the encoder transferred: the best recipe at one labeled case on phantoms
+    (README, "Figures on phantoms"); the pretext trains the decoder for MASS's dynamic
+    kernels, and those decoder weights transferred worse than fresh ones there."""
+
+
 class nnUNetTrainerMASSFinetune_250epochs(nnUNetTrainerMASSFinetune):
     trainer_defaults = {"num_epochs": 250}
 
@@ -56,3 +62,7 @@ class nnUNetTrainerMASSFinetune_scratch(nnUNetTrainerMASSFinetune):
 class nnUNetTrainerMASSFinetune_adamw_scratch(nnUNetTrainerMASSFinetune_adamw):
     """The baseline of `_adamw`: the same optimiser and schedule from random weights."""
     accepts_pretrained_weights = False
+
+
+class nnUNetTrainerMASSFinetune_adamw_encoderOnly_scratch(nnUNetTrainerMASSFinetune_adamw_scratch):
+    """The baseline of `_adamw_encoderOnly` (random weights: nothing to transfer)."""
