@@ -31,6 +31,13 @@ def test_held_out_cases_are_fixed_and_subsets_nested_and_disjoint_from_them():
         training_subsets(pool, [8], seed=0)
 
 
+def test_seeds_train_their_one_case_runs_on_different_cases():
+    pool = CASES[:7]
+    firsts = [training_subsets(pool, [1, 3], seed)[1][0] for seed in range(len(pool))]
+    assert sorted(firsts) == sorted(pool)
+    assert training_subsets(pool, [1, 3], seed=2) == training_subsets(pool, [1, 3], seed=2)
+
+
 def test_folds_are_appended_after_nnunets_five_and_reused_on_a_second_call(tmp_path):
     from nnunetv2.utilities.crossval_split import generate_crossval_split
 

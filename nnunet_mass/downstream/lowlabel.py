@@ -54,10 +54,17 @@ def held_out_cases(case_ids: Sequence[str], num_test: int, seed: int) -> List[st
 
 
 def training_subsets(pool: Sequence[str], counts: Sequence[int], seed: int) -> Dict[int, List[str]]:
-    """Nested subsets (each smaller one inside the larger ones) from one seeded order of the pool."""
+    """Nested subsets (each smaller one inside the larger ones) from one seeded order of the pool.
+
+    The order of seed s starts with case s of one fixed shuffle of the pool, so seeds
+    0 .. len(pool) - 1 never train their one-case runs on the same case (independent draws
+    collide often: two of six seeds did on nine cases).
+    """
     if max(counts) > len(pool):
         raise ValueError(f"{max(counts)} labeled cases asked for, but only {len(pool)} are left for training")
-    order = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
+    first = np.random.default_rng(0).permutation(len(pool))[seed % len(pool)]
+    rest = [i for i in np.random.default_rng(seed).permutation(len(pool)) if i != first]
+    order = [pool[i] for i in (first, *rest)]
     return {count: sorted(order[:count]) for count in counts}
 
 
@@ -253,7 +260,7 @@ def low_label_study(experiment: LowLabelExperiment, env: Mapping[str, str], seed
         raise ValueError("give at least one labeled-case count (--cases or --fractions) and one seed")
     runs, test = plan_runs(preprocessed / "splits_final.json", cases, counts, seeds, num_test, split_seed)
     progress(f"{len(test)} held-out cases: {', '.join(test)}; {len(runs)} runs x 2 arms "
-             f"(folds {runs[0].fold}-{runs[-1].fold} of splits_final.json)")
+             f"(folds {', '.join(str(f) for f in sorted(run.fold for run in runs))} of splits_final.json)")
     results = run_experiment(experiment, runs, env, progress)
     table = aggregate(results)
     output = experiment.output_folder(env["nnUNet_results"])
