@@ -18,7 +18,7 @@ MARKER = ".nnunet_mass_demo"
 CONFIGURATION = "3d_fullres"
 PRETRAIN_TRAINER = "nnUNetTrainerMASSPretrain"
 ADOPTED_PLANS = "nnUNetPlans_MASSDemo"  # the labeled dataset's copy of the pretraining's plans
-FINETUNE_TRAINER = "nnUNetTrainerMASSFinetune_adamw"  # MASS's fine-tuning optimiser; better at few labels
+FINETUNE_TRAINER = "nnUNetTrainerMASSFinetune_adamw_encoderOnly"  # the recipe that did best at few labels
 
 
 @dataclass
