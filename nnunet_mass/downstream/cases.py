@@ -41,7 +41,7 @@ def image_cases(inputs: Union[PathLike, Sequence[PathLike]], file_ending: str, n
     for case, files in cases.items():
         if len(files) != num_channels:
             raise CaseNamingError(f"case {case} has {len(files)} image file(s) ({', '.join(files)}); the model "
-                             f"expects {num_channels} channel(s) named {case}_0000{file_ending}, ...")
+                                  f"expects {num_channels} channel(s) named {case}_0000{file_ending}, ...")
     return {case: sorted(files) for case, files in sorted(cases.items())}
 
 
