@@ -8,7 +8,7 @@ import torch
 from helpers import CPU_TINY_PLANS, PRETRAINED_DATASET, copy_dataset
 from nnunet_mass.cli.lowlabel import main as lowlabel_main
 from nnunet_mass.downstream.lowlabel import (PRETRAINED, SCRATCH, cases_from_fractions, held_out_cases,
-                                             register_folds, training_subsets)
+                                             plan_runs, register_folds, training_subsets)
 from nnunet_mass.downstream.lowlabel_report import aggregate, format_table
 
 CASES = [f"case_{i:02d}" for i in range(10)]
@@ -29,6 +29,12 @@ def test_held_out_cases_are_fixed_and_subsets_nested_and_disjoint_from_them():
     assert training_subsets(pool, [2], seed=5)[2] != subsets[2] or training_subsets(pool, [2], seed=6)[2] != subsets[2]
     with pytest.raises(ValueError, match="only 7 are left"):
         training_subsets(pool, [8], seed=0)
+
+
+def test_seeds_that_draw_the_same_subset_share_one_run(tmp_path):
+    runs, test = plan_runs(tmp_path / "splits_final.json", CASES, [1, 7], [0, 1, 2], num_test=3)
+    assert [(run.num_cases, run.seed) for run in runs] == [(1, 0), (1, 1), (1, 2), (7, 0)]
+    assert len({run.fold for run in runs}) == 4 and not set(runs[-1].train) & set(test)
 
 
 def test_seeds_train_their_one_case_runs_on_different_cases():

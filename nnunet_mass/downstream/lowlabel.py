@@ -101,13 +101,19 @@ def _canonical(split: Mapping) -> tuple:
 
 def plan_runs(splits_file: Path, case_ids: Sequence[str], counts: Sequence[int], seeds: Sequence[int],
               num_test: int, split_seed: int = 0) -> Tuple[List[LowLabelRun], List[str]]:
-    """One run per (count, seed), registered as folds; returns the runs and the held-out cases."""
+    """One run per distinct training subset of each (count, seed), registered as folds; returns
+    the runs and the held-out cases. Seeds that draw a subset an earlier seed has (all of them at
+    fraction 1.0) share its fold, which is trained once and so counts once."""
     test = held_out_cases(list(case_ids), num_test, split_seed)
     pool = [case for case in sorted(case_ids) if case not in test]
     subsets = {seed: training_subsets(pool, counts, seed) for seed in seeds}
     keys = [(count, seed) for count in counts for seed in seeds]
     folds = register_folds(splits_file, case_ids, [{"train": subsets[s][c], "val": test} for c, s in keys])
-    runs = [LowLabelRun(c, s, fold, tuple(subsets[s][c])) for (c, s), fold in zip(keys, folds)]
+    runs, planned = [], set()
+    for (count, seed), fold in zip(keys, folds):
+        if fold not in planned:
+            planned.add(fold)
+            runs.append(LowLabelRun(count, seed, fold, tuple(subsets[seed][count])))
     return runs, test
 
 
