@@ -5,7 +5,7 @@
 
 Labeled CT phantoms of a seed the pretraining never saw -> nnUNetv2_mass_adopt (the
 pretraining's plans) -> nnUNetv2_mass_lowlabel: for each seed and labeled-case count,
-`-tr` from the pretraining and `nnUNetTrainerMASSFinetune_scratch` from random weights,
+`-tr` from the pretraining and its `_scratch` twin (the same recipe) from random weights,
 same budget, scored on the same held-out cases by nnU-Net's validation. Prints the table
 (mean ± std over seeds); results.json and a plot lie beside the runs. Finished runs are
 reused, so a second call with more seeds only trains what is missing.

@@ -147,25 +147,29 @@ def adopt_target(settings: DemoSettings, model: Path, env: dict, log: Path) -> s
 
 
 def low_label(settings: DemoSettings, model: Path, plans: str, env: dict, log: Path) -> dict:
+    from nnunet_mass.downstream.lowlabel import LowLabelExperiment
+
+    checkpoint = model / "fold_all" / "checkpoint_final.pth"
     run_stock("nnUNetv2_mass_lowlabel", [
-        "-d", settings.target_id, "-p", plans, "-pretrained_weights", model / "fold_all" / "checkpoint_final.pth",
+        "-d", settings.target_id, "-p", plans, "-pretrained_weights", checkpoint,
         "--cases", *settings.labeled_counts, "--seeds", settings.seed, "--test_cases", 4,
         "--epochs", settings.finetune_epochs, "--iterations", settings.finetune_iterations, "-device", "cpu",
         "-tr", FINETUNE_TRAINER],
         env, log)
-    output = (Path(env["nnUNet_results"]) / _dataset_name(settings.target_id, env)
-              / f"mass_lowlabel__{FINETUNE_TRAINER}__{plans}__{CONFIGURATION}")
-    return json.loads((output / "results.json").read_text())
+    experiment = LowLabelExperiment(_dataset_name(settings.target_id, env), CONFIGURATION, plans, checkpoint,
+                                    FINETUNE_TRAINER)
+    return json.loads((experiment.output_folder(env["nnUNet_results"]) / "results.json").read_text())
 
 
 def predict_new_scans(settings: DemoSettings, report: dict, plans: str, workdir: Path, env: dict,
                       log: Path) -> dict:
     """Stock nnUNetv2_predict with the MASS model of the most labels, on phantoms no step has seen."""
+    from nnunet_mass.downstream.lowlabel_report import PRETRAINED
     from nnunet_mass.phantoms import PHANTOM_LABELS, write_phantom_dataset
 
     new = write_phantom_dataset(workdir / "new_scans", 998, "NewScans", settings.new_cases,
                                 seed=settings.seed + 2000, case_prefix="new")
-    run = max((r for r in report["runs"] if r["arm"] == "pretrained"), key=lambda r: r["num_cases"])
+    run = max((r for r in report["runs"] if r["arm"] == PRETRAINED), key=lambda r: r["num_cases"])
     predictions = workdir / "predictions"
     run_stock("nnUNetv2_predict", ["-i", new / "imagesTr", "-o", predictions, "-d", settings.target_id,
                                    "-c", CONFIGURATION, "-f", run["fold"], "-tr", FINETUNE_TRAINER, "-p", plans,
