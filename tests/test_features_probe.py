@@ -104,7 +104,6 @@ def test_features_file_round_trip(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(loaded.tokens, features.tokens))
 
 
-
 # --- probes ---------------------------------------------------------------------------------------------------
 
 

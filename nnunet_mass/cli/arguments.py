@@ -22,6 +22,28 @@ def add_pretrained_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint file name [checkpoint_final.pth]")
 
 
+def add_incontext_arguments(parser: argparse.ArgumentParser) -> None:
+    """The in-context commands' flags: -m/-f/-chk/-device/-step_size, as nnUNetv2_predict names them."""
+    add_pretrained_model_arguments(parser)
+    parser.add_argument("-device", dest="device", default="cuda", choices=("cuda", "cpu", "mps"),
+                        help="device [cuda]")
+    parser.add_argument("-step_size", dest="step_size", type=float, default=0.5,
+                        help="sliding-window step as a fraction of the window [0.5]")
+    parser.add_argument("--largest_component", action="store_true",
+                        help="keep only the largest connected component of each label")
+
+
+def checked_device(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The torch device of -device, after checking -step_size and that a CUDA GPU exists when asked for."""
+    if not 0 < args.step_size <= 1:
+        parser.error("-step_size must be in (0, 1]")
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("-device cuda: no CUDA GPU is available here; use -device cpu")
+    return torch.device(args.device)
+
+
 def add_preprocessed_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """-d/-c/-p naming a preprocessed configuration, as nnU-Net's own commands do."""
     parser.add_argument("-d", dest="dataset", required=True, help="dataset id or name, e.g. 101 or Dataset101_X")

@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from nnunet_mass.cli.incontext import add_model_arguments, checked_device
+from nnunet_mass.cli.arguments import add_incontext_arguments, checked_device
 
 
 def main(argv=None) -> None:
@@ -11,7 +11,7 @@ def main(argv=None) -> None:
                     "k reference cases drawn by --seed among those containing it (the k=1 references are among the "
                     "k=3 ones); every other case is segmented and scored with nnU-Net's Dice. Writes predictions and "
                     "summary.json, prints Dice per label and k.")
-    add_model_arguments(parser)
+    add_incontext_arguments(parser)
     parser.add_argument("-d", dest="dataset", required=True,
                         help="labeled raw dataset: id or name in $nnUNet_raw (e.g. 3 or Dataset003_Liver), or a folder")
     parser.add_argument("-k", dest="ks", type=int, nargs="+", action="extend", default=None,

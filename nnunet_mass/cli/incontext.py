@@ -2,29 +2,7 @@
 import argparse
 import sys
 
-from nnunet_mass.cli.arguments import add_pretrained_model_arguments
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """-m/-f/-chk/-device/-step_size, as nnUNetv2_predict names them."""
-    add_pretrained_model_arguments(parser)
-    parser.add_argument("-device", dest="device", default="cuda", choices=("cuda", "cpu", "mps"),
-                        help="device [cuda]")
-    parser.add_argument("-step_size", dest="step_size", type=float, default=0.5,
-                        help="sliding-window step as a fraction of the window [0.5]")
-    parser.add_argument("--largest_component", action="store_true",
-                        help="keep only the largest connected component of each label")
-
-
-def checked_device(parser: argparse.ArgumentParser, args: argparse.Namespace):
-    """The torch device of -device, after checking -step_size and that a CUDA GPU exists when asked for."""
-    if not 0 < args.step_size <= 1:
-        parser.error("-step_size must be in (0, 1]")
-    import torch
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("-device cuda: no CUDA GPU is available here; use -device cpu")
-    return torch.device(args.device)
+from nnunet_mass.cli.arguments import add_incontext_arguments, checked_device
 
 
 def main(argv=None) -> None:
@@ -33,7 +11,7 @@ def main(argv=None) -> None:
                     "training. Each label value of a reference mask is one task (thresholded sigmoid; where "
                     "tasks overlap the most probable wins); several references of one label are averaged. "
                     "Outputs are label maps <CASE><file_ending> in each query's geometry.")
-    add_model_arguments(parser)
+    add_incontext_arguments(parser)
     parser.add_argument("-ref", dest="references", nargs=2, action="append", required=True,
                         metavar=("IMAGE", "MASK"),
                         help="a reference image and its label mask (same geometry); repeat for more references. "
