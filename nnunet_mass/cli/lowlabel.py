@@ -24,7 +24,7 @@ def parse(argv=None) -> argparse.Namespace:
                        help="fractions of the training cases, e.g. 0.1 0.2 0.4 1.0 (rounded down)")
     sizes.add_argument("--cases", nargs="+", type=int, default=(), metavar="N", help="numbers of cases, e.g. 1 2")
     parser.add_argument("--seeds", nargs="+", type=int, default=(0, 1, 2),
-                        help="one run per seed and size, each with its own subset [0 1 2]")
+                        help="one run per seed and size, each with its own subset; seeds that draw the same subset share one run [0 1 2]")
     parser.add_argument("--test_cases", type=int, default=None,
                         help="held-out cases, fixed for all runs [25%% of the dataset]")
     parser.add_argument("--split_seed", type=int, default=0, help="seed of the held-out choice [0]")
