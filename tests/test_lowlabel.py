@@ -56,15 +56,28 @@ def test_folds_are_appended_after_nnunets_five_and_reused_on_a_second_call(tmp_p
     assert len(json.loads(splits_file.read_text())) == 7
 
 
+def _runs(arm, dice, folds=(5, 6)):
+    return [{"arm": arm, "num_cases": 1, "seed": s, "fold": f, "mean": m, "per_label": {"1": m, "2": m / 2}}
+            for s, (f, m) in enumerate(zip(folds, dice))]
+
+
 def test_aggregate_and_table_put_both_arms_side_by_side():
-    runs = [{"arm": arm, "num_cases": 1, "seed": s, "mean": m, "per_label": {"1": m, "2": m / 2}}
-            for arm, values in ((SCRATCH, (0.2, 0.4)), (PRETRAINED, (0.5, 0.7))) for s, m in enumerate(values)]
-    table = aggregate(runs)
+    table = aggregate(_runs(SCRATCH, (0.2, 0.4)) + _runs(PRETRAINED, (0.5, 0.7)))
     assert table[SCRATCH][1]["mean"]["mean"] == pytest.approx(0.3)
     assert table[PRETRAINED][1]["mean"]["std"] == pytest.approx(0.1)
     assert table[PRETRAINED][1]["per_label"]["2"]["mean"] == pytest.approx(0.3)
     text = format_table(table, {"1": "liver"})
-    assert "0.300 ± 0.100" in text and "0.600 ± 0.100" in text and "+30.0" in text and "liver" in text
+    assert "0.300 ± 0.100" in text and "0.600 ± 0.100" in text and "+30.0 ± 0.0" in text and "2/2" in text
+    assert "liver" in text
+
+
+def test_gain_is_paired_by_training_subset():
+    # pretraining gains on fold 5 and loses on fold 6; fold 7 has no scratch run to pair with
+    runs = _runs(SCRATCH, (0.2, 0.6)) + _runs(PRETRAINED, (0.5, 0.5, 0.9), folds=(5, 6, 7))
+    gain = aggregate(runs)[PRETRAINED][1]["gain"]
+    assert gain["values"] == pytest.approx([0.3, -0.1])
+    assert gain["ahead"] == 1
+    assert "+10.0 ± 20.0" in format_table(aggregate(runs), {}) and "1/2" in format_table(aggregate(runs), {})
 
 
 @pytest.fixture

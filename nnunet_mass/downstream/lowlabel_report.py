@@ -22,7 +22,19 @@ def aggregate(results: Sequence[dict]) -> dict:
                 "per_label": {label: _stats([r["per_label"][label] for r in runs if label in r["per_label"]])
                               for label in labels},
             }
+    for count, entry in table.get(PRETRAINED, {}).items():
+        gains = paired_gains(results, count)
+        if gains:
+            entry["gain"] = {**_stats(gains), "ahead": sum(g > 0 for g in gains)}
     return table
+
+
+def paired_gains(results: Sequence[dict], count: int) -> list:
+    """Pretrained minus scratch Dice on each training subset (fold) both arms ran on: the
+    subsets differ far more than the arms, so the spread of the gain is read per pair."""
+    dice = {(r["arm"], r["fold"]): r["mean"] for r in results if r["num_cases"] == count}
+    folds = sorted({fold for _, fold in dice})
+    return [dice[PRETRAINED, f] - dice[SCRATCH, f] for f in folds if (PRETRAINED, f) in dice and (SCRATCH, f) in dice]
 
 
 def _stats(values: Sequence[float]) -> dict:
@@ -33,12 +45,12 @@ def _stats(values: Sequence[float]) -> dict:
 def format_table(table: dict, label_names: Mapping[str, str]) -> str:
     """Dice (mean ± std over seeds) per labeled-case count, both arms side by side, then per label."""
     counts = sorted({c for arm in table.values() for c in arm})
-    lines = [f"{'labeled cases':>13}  {'scratch':>15}  {'pretrained':>15}  {'gain (Dice points)':>18}"]
+    lines = [f"{'labeled cases':>13}  {'scratch':>15}  {'pretrained':>15}  {'gain (Dice points)':>18}  ahead"]
     for count in counts:
         cells = [table.get(arm, {}).get(count) for arm in (SCRATCH, PRETRAINED)]
         text = [f"{c['mean']['mean']:.3f} ± {c['mean']['std']:.3f}" if c else "-" for c in cells]
-        gain = f"{100 * (cells[1]['mean']['mean'] - cells[0]['mean']['mean']):+.1f}" if all(cells) else "-"
-        lines.append(f"{count:>13}  {text[0]:>15}  {text[1]:>15}  {gain:>18}")
+        gain, ahead = _gain_text(cells[1].get("gain") if cells[1] else None)
+        lines.append(f"{count:>13}  {text[0]:>15}  {text[1]:>15}  {gain:>18}  {ahead}")
     for count in counts:
         lines.append(f"\nper label, {count} labeled case(s): scratch -> pretrained")
         labels = {lab for arm in table.values() for lab in arm.get(count, {}).get("per_label", {})}
@@ -47,6 +59,13 @@ def format_table(table: dict, label_names: Mapping[str, str]) -> str:
             text = [f"{v['mean']:.3f}" if v else "-" for v in values]
             lines.append(f"  {label_names.get(label, label):<14} {text[0]:>7} -> {text[1]:>7}")
     return "\n".join(lines)
+
+
+def _gain_text(gain) -> tuple:
+    """('+10.0 ± 12.7', '4/6'): the paired gain in Dice points and on how many subsets pretraining led."""
+    if not gain:
+        return "-", "-"
+    return f"{100 * gain['mean']:+.1f} ± {100 * gain['std']:.1f}", f"{gain['ahead']}/{len(gain['values'])}"
 
 
 def plot(table: dict, output_file: Path) -> None:
