@@ -32,9 +32,9 @@ def aggregate(results: Sequence[dict]) -> dict:
 def paired_gains(results: Sequence[dict], count: int) -> list:
     """Pretrained minus scratch Dice on each training subset (fold) both arms ran on: the
     subsets differ far more than the arms, so the spread of the gain is read per pair."""
-    dice = {(r["arm"], r["fold"]): r["mean"] for r in results if r["num_cases"] == count}
-    folds = sorted({fold for _, fold in dice})
-    return [dice[PRETRAINED, f] - dice[SCRATCH, f] for f in folds if (PRETRAINED, f) in dice and (SCRATCH, f) in dice]
+    pretrained, scratch = ({r["fold"]: r["mean"] for r in results if r["arm"] == arm and r["num_cases"] == count}
+                           for arm in (PRETRAINED, SCRATCH))
+    return [pretrained[f] - scratch[f] for f in sorted(pretrained.keys() & scratch.keys())]
 
 
 def _stats(values: Sequence[float]) -> dict:
